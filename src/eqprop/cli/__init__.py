@@ -1,0 +1,1 @@
+"""The ``eqprop`` command line (generated from the config dataclasses)."""

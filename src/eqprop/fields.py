@@ -1,0 +1,123 @@
+"""Vector fields: the one interface between models, solvers and estimators.
+
+A *field* is any batched callable ``F(z) -> dz/dt`` with ``z`` of shape ``(B, ...)``
+whose samples are independent (row ``b`` of ``F(z)`` depends on row ``b`` of ``z``
+only). Plain callables work with every solver; the :class:`Field` base class adds
+the matrix-free Jacobian products that estimators and diagnostics need, and the
+readout loss that EP nudges with (DESIGN.md §1, §3).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+from torch.func import jvp as func_jvp
+from torch.func import vjp as func_vjp
+
+FieldFn = Callable[[Tensor], Tensor]
+
+__all__ = ["Field", "FieldFn", "NudgedField", "evals_per_call", "jvp", "vjp"]
+
+
+class Field(ABC):
+    """A batched vector field ``F(z)`` with Jacobian products and a loss.
+
+    Subclasses define :meth:`__call__`. ``jvp``/``vjp`` default to ``torch.func``
+    on :meth:`forward_for_jvp` (override it when the fast forward is not
+    forward-mode differentiable, e.g. fused attention kernels). ``loss`` and
+    ``grad_loss`` are needed only by gradient estimators.
+    """
+
+    #: how many F-equivalent evaluations (F, JVP or VJP) one call costs; NFE accounting
+    evals_per_call: int = 1
+
+    @abstractmethod
+    def __call__(self, z: Tensor) -> Tensor:
+        """Return ``F(z)``, same shape as ``z`` ``(B, ...)``."""
+
+    def forward_for_jvp(self, z: Tensor) -> Tensor:
+        """The same map as ``__call__``, written with forward-mode-differentiable ops."""
+        return self(z)
+
+    def jvp(self, z: Tensor, v: Tensor) -> Tensor:
+        """``J v`` with ``J = ∂F/∂z (z)``, matrix-free (one forward-mode pass)."""
+        return func_jvp(self.forward_for_jvp, (z,), (v,))[1]
+
+    def vjp(self, z: Tensor, v: Tensor) -> Tensor:
+        """``Jᵀ v`` with ``J = ∂F/∂z (z)``, matrix-free (one reverse-mode pass)."""
+        return self.vjp_at(z)(v)
+
+    def vjp_at(self, z: Tensor) -> Callable[[Tensor], Tensor]:
+        """Linearise once at ``z`` and return ``v -> Jᵀ v`` reusing the recorded graph."""
+        _, fn = func_vjp(self, z)
+        return lambda v: fn(v)[0]
+
+    def loss(self, z: Tensor) -> Tensor:
+        """Per-sample loss ``L_b(z)``, shape ``(B,)``, differentiable in the parameters."""
+        raise NotImplementedError(f"{type(self).__name__} defines no loss")
+
+    def grad_loss(self, z: Tensor) -> Tensor:
+        """``∇_z Σ_b L_b(z)``: each sample's own loss gradient, shape of ``z``."""
+        with torch.enable_grad():
+            z = z.detach().requires_grad_(True)
+            (g,) = torch.autograd.grad(self.loss(z).sum(), z)
+        return g
+
+
+def evals_per_call(F: FieldFn) -> int:
+    """NFE cost of one call of ``F`` (1 for plain callables)."""
+    return int(getattr(F, "evals_per_call", 1))
+
+
+def jvp(F: FieldFn, z: Tensor, v: Tensor) -> Tensor:
+    """``J v`` for any field: its own ``jvp`` if it is a :class:`Field`, else ``torch.func``."""
+    if isinstance(F, Field):
+        return F.jvp(z, v)
+    return func_jvp(F, (z,), (v,))[1]
+
+
+def vjp(F: FieldFn, z: Tensor, v: Tensor) -> Tensor:
+    """``Jᵀ v`` for any field."""
+    if isinstance(F, Field):
+        return F.vjp(z, v)
+    _, fn = func_vjp(F, z)
+    return fn(v)[0]
+
+
+class NudgedField(Field):
+    """The nudged dynamics of EP and asymmetric EP (DESIGN.md §3).
+
+    ``F_β(z) = F(z) - β ∇_z L(z)``, plus ``-2A (z - z*)`` with ``A = (J - Jᵀ)/2``
+    frozen at ``z*`` when ``antisym`` is set (Scurria et al. 2026). ``2A v`` is
+    ``J v - Jᵀ v``: one JVP and one VJP, both linearised at ``z*``.
+
+    Args:
+        field: the free field ``F`` (must define ``loss``).
+        beta: nudging strength (a float; complex for holomorphic EP).
+        z_star: the free equilibrium ``(B, ...)``; needed when ``antisym``.
+        antisym: add the ``-2A (z - z*)`` term.
+    """
+
+    def __init__(self, field: Field, beta: float | complex, z_star: Tensor | None = None,
+                 antisym: bool = False):
+        if antisym and z_star is None:
+            raise ValueError("NudgedField(antisym=True) needs z_star, the free equilibrium")
+        self.field = field
+        self.beta = beta
+        self.z_star = None if z_star is None else z_star.detach()
+        self.antisym = antisym
+        self.evals_per_call = field.evals_per_call * (3 if antisym else 1)
+        self._vjp_star = field.vjp_at(self.z_star) if antisym else None
+
+    def __call__(self, z: Tensor) -> Tensor:
+        out = self.field(z) - self.beta * self.field.grad_loss(z)
+        if self.antisym:
+            d = z - self.z_star  # (B, ...)
+            out = out - (self.field.jvp(self.z_star, d) - self._vjp_star(d))
+        return out
+
+    def loss(self, z: Tensor) -> Tensor:
+        return self.field.loss(z)

@@ -1,0 +1,10 @@
+"""Gradient estimators: each turns an equilibrium into a surrogate scalar."""
+
+from .base import Estimator, EstimatorResult, surrogate
+from .bptt import BPTT
+from .ep import EP, AsymEP
+from .fidelity import estimate_grads, gradient_cosine, grads_of
+from .ift import IFT
+
+__all__ = ["BPTT", "EP", "IFT", "AsymEP", "Estimator", "EstimatorResult", "estimate_grads",
+           "gradient_cosine", "grads_of", "surrogate"]

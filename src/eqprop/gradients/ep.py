@@ -1,0 +1,81 @@
+"""Equilibrium propagation: plain EP and asymmetric EP (DESIGN.md §3)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from ..errors import ConfigError
+from ..fields import Field, NudgedField
+from ..solvers.base import Solver, relax, sample_norm
+from ..solvers.euler import Euler
+from .base import Estimator, EstimatorResult, surrogate
+
+__all__ = ["EP", "AsymEP"]
+
+
+@dataclass
+class EP(Estimator):
+    """Equilibrium propagation (Scellier & Bengio 2017).
+
+    Relax the nudged dynamics ``F(z) - β ∇_z L(z)`` from z* to ``z_β``; the signal
+    is ``(z_β - z*)/β`` (one-sided) or ``(z_β - z_{-β})/(2β)`` (centered). It tends
+    to ``J⁻¹ ∇L``, the exact ``J⁻ᵀ ∇L`` only when J is symmetric (energy block).
+
+    Args:
+        beta: nudging strength β > 0.
+        centered: use the two nudges ±β (error O(β²) instead of O(β)).
+        solver: solver of the nudged phase(s).
+        tol: nudged-phase tolerance, relative to the nudge size ``β‖∇L(z*)‖``.
+        max_steps: nudged-phase step budget.
+    """
+
+    beta: float = 0.01
+    centered: bool = True
+    solver: Solver = field(default_factory=Euler)
+    tol: float = 1e-3
+    max_steps: int = 500
+
+    #: add the -2A (z - z*) term of asymmetric EP
+    antisym = False
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.beta, (int, float)) and self.beta > 0):
+            raise ConfigError(f"{type(self).__name__}(beta={self.beta!r}): must be a number > 0")
+        if not self.tol > 0:
+            raise ConfigError(f"{type(self).__name__}(tol={self.tol!r}): must be > 0")
+        if not (isinstance(self.max_steps, int) and self.max_steps >= 1):
+            raise ConfigError(f"{type(self).__name__}(max_steps={self.max_steps!r}): must be ≥ 1")
+
+    def _nudge(self, field: Field, z: Tensor, beta: float, scale: Tensor):
+        F_beta = NudgedField(field, beta, z, antisym=self.antisym)
+        return relax(F_beta, z, self.solver, tol=self.tol, max_steps=self.max_steps, scale=scale)
+
+    def estimate(self, field: Field, z_star: Tensor) -> EstimatorResult:
+        z = z_star.detach()
+        with torch.no_grad():
+            scale = self.beta * sample_norm(field.grad_loss(z))  # (B,) size of the nudge
+            plus = self._nudge(field, z, self.beta, scale)
+            sols = {"nudged+": plus}
+            if self.centered:
+                minus = self._nudge(field, z, -self.beta, scale)
+                sols["nudged-"] = minus
+                s = (plus.z - minus.z) / (2 * self.beta)
+            else:
+                s = (plus.z - z) / self.beta
+        S = surrogate(field, z, s)
+        return EstimatorResult(S, field.loss(z).mean().detach(), s,
+                               nfe={k: v.nfe for k, v in sols.items()}, solutions=sols)
+
+
+@dataclass
+class AsymEP(EP):
+    """Asymmetric EP (Scurria et al. 2026): the nudged dynamics get ``-2A (z - z*)``,
+    ``A = (J - Jᵀ)/2`` frozen at z*, so their Jacobian at z* is ``Jᵀ`` and the centered
+    signal tends to ``J⁻ᵀ ∇L``: the exact adjoint, also for non-symmetric J.
+    Each nudged evaluation costs one F, one JVP and one VJP. Same settings as :class:`EP`.
+    """
+
+    antisym = True

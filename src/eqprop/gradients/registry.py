@@ -1,0 +1,65 @@
+"""Estimator settings as a dataclass and the name -> estimator registry (the CLI edge)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..errors import ConfigError
+from ..solvers.registry import SolverConfig, build_solver
+from .base import Estimator
+from .bptt import BPTT
+from .ep import EP, AsymEP
+from .ift import IFT
+
+__all__ = ["ESTIMATORS", "EstimatorConfig", "build_estimator"]
+
+
+@dataclass
+class EstimatorConfig:
+    """Which gradient estimator trains the model.
+
+    Args:
+        name: one of ``ESTIMATORS``: asymep (default), ep, ift, bptt.
+        beta: nudging strength for ep / asymep.
+        centered: two-sided nudges (ep; asymep is always centered).
+        nudge: solver of the nudged phases (tolerance relative to the nudge size).
+        ift_tol: GMRES tolerance of the ift estimator.
+        bptt_steps: truncation length of bptt.
+    """
+
+    name: str = "asymep"
+    beta: float = 0.05
+    centered: bool = True
+    nudge: SolverConfig = field(default_factory=lambda: SolverConfig(tol=1e-2, max_steps=100))
+    ift_tol: float = 1e-6
+    bptt_steps: int = 20
+
+    def __post_init__(self) -> None:
+        if self.name not in ESTIMATORS:
+            raise ConfigError(f"estimator name={self.name!r}: allowed values are "
+                             f"{', '.join(ESTIMATORS)}")
+        if not self.beta > 0:
+            raise ConfigError(f"estimator beta={self.beta!r}: must be > 0")
+        if not 0 < self.ift_tol < 1:
+            raise ConfigError(f"estimator ift_tol={self.ift_tol!r}: must be in (0, 1)")
+        if not (isinstance(self.bptt_steps, int) and self.bptt_steps >= 1):
+            raise ConfigError(f"estimator bptt_steps={self.bptt_steps!r}: must be an integer ≥ 1")
+
+
+def _ep(c: EstimatorConfig, cls: type[EP], centered: bool) -> EP:
+    return cls(beta=c.beta, centered=centered, solver=build_solver(c.nudge), tol=c.nudge.tol,
+               max_steps=c.nudge.max_steps)
+
+
+ESTIMATORS: dict[str, Callable[[EstimatorConfig, SolverConfig], Estimator]] = {
+    "asymep": lambda c, free: _ep(c, AsymEP, True),
+    "ep": lambda c, free: _ep(c, EP, c.centered),
+    "ift": lambda c, free: IFT(tol=c.ift_tol),
+    "bptt": lambda c, free: BPTT(steps=c.bptt_steps, solver=build_solver(free)),
+}
+
+
+def build_estimator(cfg: EstimatorConfig, free: SolverConfig) -> Estimator:
+    """The estimator a config names; ``free`` is the free-phase solver (unrolled by bptt)."""
+    return ESTIMATORS[cfg.name](cfg, free)

@@ -1,0 +1,103 @@
+"""One equilibrium layer: the non-conservative (asym) block and the energy block.
+
+Each block acts on one layer's state ``z_l`` of shape ``(B, T, D)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as Fn
+from torch import Tensor
+
+from .attention import causal_attention, causal_mask, layer_norm
+from .config import ModelConfig
+
+__all__ = ["AsymBlock", "EnergyBlock"]
+
+#: initial weight scale of the energy block relative to the asym block
+ENERGY_INIT = 0.3
+
+
+def _linear(d_in: int, d_out: int, scale: float, bias: bool = False) -> nn.Linear:
+    layer = nn.Linear(d_in, d_out, bias=bias)
+    with torch.no_grad():
+        layer.weight.mul_(scale)
+    return layer
+
+
+class _Norm(nn.Module):
+    def __init__(self, d: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d))
+        self.bias = nn.Parameter(torch.zeros(d))
+
+    def forward(self, z: Tensor) -> Tensor:
+        return layer_norm(z, self.weight, self.bias)
+
+
+class AsymBlock(nn.Module):
+    """``n(z) = Attn(LN(z)) + FFN(LN(z))`` with independent W_Q, W_K, W_V, W_O, W_1, W_2.
+
+    Causal at every instant: position i of ``n(z)`` reads positions ≤ i only.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        D, s = cfg.d_model, cfg.init_scale
+        self.n_heads = cfg.n_heads
+        self.norm = _Norm(D)
+        self.W_q, self.W_k = _linear(D, D, s), _linear(D, D, s)
+        self.W_v, self.W_o = _linear(D, D, s), _linear(D, D, s)
+        self.W_1 = _linear(D, cfg.d_ff, s, bias=True)
+        self.W_2 = _linear(cfg.d_ff, D, s, bias=True)
+
+    def _heads(self, h: Tensor) -> Tensor:  # (B, T, D) -> (B, H, T, d_h)
+        B, T, D = h.shape
+        return h.view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2)
+
+    def forward(self, z: Tensor, explicit: bool = False) -> Tensor:
+        """``z``: ``(B, T, D)`` -> ``n(z)``: ``(B, T, D)``."""
+        B, T, D = z.shape
+        h = self.norm(z)  # (B, T, D)
+        q, k, v = self._heads(self.W_q(h)), self._heads(self.W_k(h)), self._heads(self.W_v(h))
+        a = causal_attention(q, k, v, explicit).transpose(1, 2).reshape(B, T, D)
+        return self.W_o(a) + self.W_2(Fn.gelu(self.W_1(h), approximate="tanh"))
+
+
+class EnergyBlock(nn.Module):
+    """Scalar energy of one layer: causal Hopfield attention plus a Hopfield memory.
+
+    ``E(z) = -1/γ Σ_h Σ_i logsumexp_{j≤i}(γ q_i·k_j) - Σ_i Σ_μ softplus(ξ_μ·g_i + b_μ)``
+    with ``g = LN(z)``, ``q = W_Q g``, ``k = W_K g``, ``γ = 1/√d_h`` (the energy
+    attention of Hoover et al. 2023, made causal). Its force ``-∇E`` has a
+    symmetric Jacobian by construction. Because keys are shared by later
+    queries, this block is not causal in ``z`` (only the asym block is).
+    Its weights start at ``ENERGY_INIT × init_scale``: through the layer norm the
+    energy's curvature grows with the weights squared, and at the asym block's
+    scale the initial energy is stiff and non-convex.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        D, s = cfg.d_model, cfg.init_scale * ENERGY_INIT
+        self.n_heads = cfg.n_heads
+        self.norm = _Norm(D)
+        self.W_q, self.W_k = _linear(D, D, s), _linear(D, D, s)
+        self.xi = _linear(D, cfg.d_ff, s, bias=True)
+
+    def energy(self, z: Tensor) -> Tensor:
+        """``z``: ``(B, T, D)`` -> per-sample energy ``(B,)``."""
+        B, T, D = z.shape
+        H, dh = self.n_heads, D // self.n_heads
+        g = self.norm(z)
+        q = self.W_q(g).view(B, T, H, dh).transpose(1, 2)  # (B, H, T, d_h)
+        k = self.W_k(g).view(B, T, H, dh).transpose(1, 2)
+        gamma = 1.0 / math.sqrt(dh)
+        scores = gamma * (q @ k.transpose(-1, -2))  # (B, H, T, T)
+        scores = scores.masked_fill(~causal_mask(T, z.device), float("-inf"))
+        e_att = -torch.logsumexp(scores, dim=-1).sum(dim=(1, 2)) / gamma
+        e_hop = -Fn.softplus(self.xi(g)).sum(dim=(1, 2))
+        return e_att + e_hop

@@ -1,0 +1,137 @@
+"""The causal equilibrium transformer language model (DESIGN.md §1).
+
+State ``z`` of shape ``(B, L, T, D)``: one ``(T, D)`` state per layer and sample.
+The model only *defines* the field ``F(z; x, θ) = c(z; x) + n(z; θ)``; solvers
+find its equilibrium and estimators turn that into a gradient.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as Fn
+from torch import Tensor
+from torch.func import grad as func_grad
+
+from ..fields import Field
+from .blocks import AsymBlock, EnergyBlock, _Norm
+from .config import ModelConfig
+
+__all__ = ["EquilibriumLM", "LMField"]
+
+#: inter-layer coupling of the energy block; ≤ 0.5 keeps Σ ½‖z_l‖² - α<z_{l-1}, z_l> convex
+ENERGY_COUPLING = 0.5
+
+
+class EquilibriumLM(nn.Module):
+    """Causal equilibrium transformer LM built from a :class:`ModelConfig`.
+
+    ``x = Emb(tokens) + Pos``; layer 1 is driven by ``x``, layer l by ``z_{l-1}``;
+    ``logits = W_out LN(z_L)``; loss = next-token cross-entropy averaged over positions.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        D = cfg.d_model
+        self.emb = nn.Embedding(cfg.vocab_size, D)
+        self.pos = nn.Parameter(0.1 * torch.randn(cfg.seq_len, D))
+        block = AsymBlock if cfg.block == "asym" else EnergyBlock
+        self.blocks = nn.ModuleList(block(cfg) for _ in range(cfg.n_layers))
+        self.norm_f = _Norm(D)
+        self.W_out = None if cfg.tied_readout else nn.Linear(D, cfg.vocab_size, bias=False)
+
+    # -- input and readout -------------------------------------------------
+    def embed(self, tokens: Tensor) -> Tensor:
+        """``tokens (B, T)`` -> input drive ``x (B, T, D)``."""
+        T = tokens.shape[1]
+        if T > self.cfg.seq_len:
+            raise ValueError(f"sequence length {T} exceeds model.seq_len={self.cfg.seq_len}")
+        return self.emb(tokens) + self.pos[:T]
+
+    def logits(self, z: Tensor) -> Tensor:
+        """``z (B, L, T, D)`` -> ``(B, T, V)`` from the top layer."""
+        h = self.norm_f(z[:, -1])
+        W = self.emb.weight if self.W_out is None else self.W_out.weight
+        return h @ W.t()
+
+    # -- the field ---------------------------------------------------------
+    def conservative(self, z: Tensor, x: Tensor) -> Tensor:
+        """``c(z; x) = -z + drive``; drive is x for layer 1 and z_{l-1} above it."""
+        if self.cfg.block == "asym":
+            drive = torch.cat([x.unsqueeze(1), z[:, :-1]], dim=1)  # (B, L, T, D)
+            return -z + drive
+        # energy: -∇ of Σ_l ½‖z_l‖² - <x, z_1> - α Σ_l <z_{l-1}, z_l> (symmetric coupling)
+        a = ENERGY_COUPLING
+        zeros = torch.zeros_like(z[:, :1])
+        below = torch.cat([zeros, z[:, :-1]], dim=1)
+        above = torch.cat([z[:, 1:], zeros], dim=1)
+        c = -z + a * (below + above)
+        return torch.cat([c[:, :1] + x.unsqueeze(1), c[:, 1:]], dim=1)
+
+    def nonconservative(self, z: Tensor, explicit: bool = False) -> Tensor:
+        """``n(z; θ)``: attention + feed-forward per layer, ``(B, L, T, D)``."""
+        if self.cfg.block == "asym":
+            return torch.stack([blk(z[:, l], explicit) for l, blk in enumerate(self.blocks)], 1)
+        return -func_grad(self._block_energy)(z)
+
+    def _block_energy(self, z: Tensor) -> Tensor:
+        return sum(blk.energy(z[:, l]).sum() for l, blk in enumerate(self.blocks))
+
+    def force(self, z: Tensor, x: Tensor, explicit: bool = False) -> Tensor:
+        """``F(z; x, θ) = c(z; x) + n(z; θ)``, shape ``(B, L, T, D)``."""
+        return self.conservative(z, x) + self.nonconservative(z, explicit)
+
+    def field(self, tokens: Tensor, targets: Tensor | None = None) -> LMField:
+        """The field bound to an input batch (and its next-token targets)."""
+        return LMField(self, tokens, targets)
+
+    def initial_state(self, x: Tensor) -> Tensor:
+        """Start of relaxation: every layer at the input drive, ``(B, L, T, D)``."""
+        B, T, D = x.shape
+        return x.detach().unsqueeze(1).expand(B, self.cfg.n_layers, T, D).clone()
+
+
+class LMField(Field):
+    """``F(z)`` of an :class:`EquilibriumLM` bound to tokens ``(B, T)`` and targets ``(B, T)``."""
+
+    def __init__(self, model: EquilibriumLM, tokens: Tensor, targets: Tensor | None = None):
+        self.model = model
+        self.tokens = tokens
+        self.targets = targets
+        with torch.no_grad():
+            self._x = model.embed(tokens)  # (B, T, D), for relaxation (no graph)
+        self._explicit = not model.cfg.fused_attention
+
+    @property
+    def x(self) -> Tensor:
+        """Input drive ``(B, T, D)``; recomputed with autograd on, so gradients reach Emb, Pos."""
+        return self.model.embed(self.tokens) if torch.is_grad_enabled() else self._x
+
+    def __call__(self, z: Tensor) -> Tensor:
+        return self.model.force(z, self.x, explicit=self._explicit)
+
+    def forward_for_jvp(self, z: Tensor) -> Tensor:
+        return self.model.force(z, self.x, explicit=True)
+
+    def c(self, z: Tensor) -> Tensor:
+        """Conservative part ``-z + drive``."""
+        return self.model.conservative(z, self.x)
+
+    def n(self, z: Tensor) -> Tensor:
+        """Non-conservative part (attention + feed-forward), JVP-safe."""
+        return self.model.nonconservative(z, explicit=True)
+
+    def initial_state(self) -> Tensor:
+        return self.model.initial_state(self.x)
+
+    def logits(self, z: Tensor) -> Tensor:
+        return self.model.logits(z)
+
+    def loss(self, z: Tensor) -> Tensor:
+        """Per-sample next-token cross-entropy averaged over positions, ``(B,)``."""
+        if self.targets is None:
+            raise ValueError("this field was built without targets: model.field(tokens, targets)")
+        logits = self.logits(z)  # (B, T, V)
+        ce = Fn.cross_entropy(logits.flatten(0, 1), self.targets.flatten(), reduction="none")
+        return ce.view(self.targets.shape).mean(-1)

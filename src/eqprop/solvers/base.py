@@ -1,0 +1,169 @@
+"""The relaxation interface: ``relax(F, z0, solver)`` -> :class:`Solution` (DESIGN.md §2).
+
+A solver only does steps; a controller (``solvers.controllers``) only picks ε;
+:func:`relax` owns the loop: per-sample convergence masks, NFE accounting,
+traces and the final status of each sample.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from ..fields import FieldFn, evals_per_call
+from .status import Status, classify
+
+__all__ = ["Solution", "Solver", "SolverState", "Status", "bcast", "relax", "sample_norm"]
+
+
+def sample_norm(v: Tensor) -> Tensor:
+    """Euclidean norm of each sample, ``(B, ...) -> (B,)`` (real, also for complex ``v``)."""
+    return torch.linalg.vector_norm(v.reshape(v.shape[0], -1), dim=1)
+
+
+def bcast(s: Tensor, like: Tensor) -> Tensor:
+    """Broadcast a per-sample ``(B,)`` tensor against ``like`` ``(B, ...)``."""
+    return s.reshape(s.shape + (1,) * (like.dim() - 1))
+
+
+@dataclass
+class SolverState:
+    """What a solver carries between steps; every tensor has the batch as first dim.
+
+    ``nfe`` counts F-equivalent evaluations per sample; ``eps`` is the per-sample
+    step size where the solver has one; ``aux`` holds solver-specific tensors
+    (histories, controller memory), each ``(B, ...)``.
+    """
+
+    z: Tensor  # (B, ...)
+    f: Tensor  # (B, ...) F(z)
+    nfe: Tensor  # (B,) long
+    eps: Tensor | None = None  # (B,)
+    aux: dict[str, Tensor] = field(default_factory=dict)
+
+    def where(self, keep_new: Tensor, new: SolverState) -> SolverState:
+        """Take ``new`` for samples where ``keep_new`` ``(B,)`` is True, else keep ``self``."""
+
+        def pick(a: Tensor | None, b: Tensor | None) -> Tensor | None:
+            if a is None or b is None:
+                return b
+            return torch.where(bcast(keep_new, a), b, a)
+
+        aux = {k: pick(self.aux.get(k), v) for k, v in new.aux.items()}
+        return SolverState(pick(self.z, new.z), pick(self.f, new.f), pick(self.nfe, new.nfe),
+                           pick(self.eps, new.eps), aux)
+
+
+class Solver(ABC):
+    """One step of a relaxation method. Subclasses are dataclasses of their settings."""
+
+    def init(self, F: FieldFn, z0: Tensor) -> SolverState:
+        """Evaluate ``F(z0)`` and set up the state (override to add ε or history)."""
+        nfe = torch.full((z0.shape[0],), evals_per_call(F), dtype=torch.long, device=z0.device)
+        return SolverState(z=z0, f=F(z0), nfe=nfe)
+
+    @abstractmethod
+    def step(self, F: FieldFn, state: SolverState) -> SolverState:
+        """Advance every sample by one step; count its evaluations in ``state.nfe``."""
+
+    def charge(self, state: SolverState, F: FieldFn, calls: int = 1) -> Tensor:
+        """``state.nfe`` plus the cost of ``calls`` evaluations of ``F``."""
+        return state.nfe + calls * evals_per_call(F)
+
+
+@dataclass
+class Solution:
+    """Result of :func:`relax`; every per-sample tensor has shape ``(B,)``.
+
+    Attributes:
+        z: the final state ``(B, ...)``.
+        status: :class:`Status` codes.
+        steps: steps taken while the sample was active.
+        nfe: F-equivalent evaluations (F, JVP, VJP) spent on the sample.
+        residual: final ``‖F(z)‖``.
+        rel_residual: final ``g = ‖F(z)‖ / ‖z‖``.
+        residual_trace: ``(B, steps+1)`` relative residuals when asked for.
+        eps_trace: ``(B, steps+1)`` step sizes when asked for and the solver has one.
+    """
+
+    z: Tensor
+    status: Tensor
+    steps: Tensor
+    nfe: Tensor
+    residual: Tensor
+    rel_residual: Tensor
+    residual_trace: Tensor | None = None
+    eps_trace: Tensor | None = None
+
+    @property
+    def converged(self) -> Tensor:
+        return self.status == Status.CONVERGED
+
+    def counts(self) -> dict[str, int]:
+        """Number of samples in each status, by label."""
+        return {s.label: int((self.status == s).sum()) for s in Status}
+
+    def summary(self) -> str:
+        counts = ", ".join(f"{k} {v}" for k, v in self.counts().items() if v)
+        return (f"{counts}; steps≤{int(self.steps.max())}, mean NFE {self.nfe.float().mean():.1f}, "
+                f"max g {self.rel_residual.max():.2e}")
+
+
+def relax(F: FieldFn, z0: Tensor, solver: Solver, *, tol: float = 1e-5, max_steps: int = 500,
+          trace: bool = False, check_every: int = 1, scale: Tensor | None = None) -> Solution:
+    """Relax ``dz/dt = F(z)`` from ``z0`` to an equilibrium, every sample on its own.
+
+    Runs without building an autograd graph. A sample stops moving once its
+    relative residual ``g = ‖F(z)‖/‖z‖ ≤ tol`` (or it turns non-finite) while the
+    others go on.
+
+    Args:
+        F: batched field (any callable; a :class:`~eqprop.fields.Field` for NFE costs).
+        z0: initial state ``(B, ...)``.
+        solver: a :class:`Solver`.
+        tol: relative residual at which a sample counts as converged.
+        max_steps: step budget.
+        trace: keep the residual (and ε) traces in the solution.
+        check_every: look for "all done" on the host every k steps (fewer syncs).
+        scale: per-sample ``(B,)`` normaliser of the residual, replacing ``‖z‖`` in
+            ``g``; e.g. the size of a nudge, so that a small nudge is still resolved.
+
+    Returns:
+        A :class:`Solution`.
+    """
+    if not tol > 0:
+        raise ValueError(f"tol={tol!r}: must be > 0")
+    if not (isinstance(max_steps, int) and max_steps >= 0):
+        raise ValueError(f"max_steps={max_steps!r}: must be an integer ≥ 0")
+    if not (isinstance(check_every, int) and check_every >= 1):
+        raise ValueError(f"check_every={check_every!r}: must be an integer ≥ 1")
+    with torch.no_grad():
+        state = solver.init(F, z0)
+        B = z0.shape[0]
+        active = torch.ones(B, dtype=torch.bool, device=z0.device)
+        steps = torch.zeros(B, dtype=torch.long, device=z0.device)
+        res_trace, eps_trace = [], []
+        for t in range(max_steps + 1):
+            r_abs = sample_norm(state.f)
+            denom = sample_norm(state.z) if scale is None else scale
+            r_rel = r_abs / denom.clamp_min(torch.finfo(r_abs.dtype).tiny)
+            res_trace.append(r_rel)
+            if state.eps is not None:
+                eps_trace.append(state.eps)
+            active = active & (r_rel > tol) & torch.isfinite(r_rel)
+            if t == max_steps or (t % check_every == 0 and not bool(active.any())):
+                break
+            state = state.where(active, solver.step(F, state))
+            steps = steps + active
+        residuals = torch.stack(res_trace, 1)  # (B, S)
+        finite = torch.isfinite(r_rel) & torch.isfinite(state.z.reshape(B, -1)).all(1)
+        status = classify(residuals, converged=r_rel <= tol, finite=finite)
+        return Solution(
+            z=state.z, status=status, steps=steps, nfe=state.nfe, residual=r_abs,
+            rel_residual=r_rel,
+            residual_trace=residuals if trace else None,
+            eps_trace=torch.stack(eps_trace, 1) if trace and eps_trace else None,
+        )
