@@ -4,6 +4,24 @@ A faithful, fast simulator of analog hardware that settles to an equilibrium.
 See DESIGN.md for the math and vocabulary.
 """
 
+from .diagnostics import (
+    EpsCrit,
+    Failure,
+    FailureReport,
+    FidelityResult,
+    Spectrum,
+    StabilityTracking,
+    SweepResult,
+    classify_failures,
+    dense_spectrum,
+    eps_crit,
+    eps_sweep,
+    gradient_fidelity,
+    hutchinson_frobenius,
+    log_norm,
+    spectrum,
+    track_stability,
+)
 from .fields import Field, NudgedField
 from .gradients import (
     BPTT,
@@ -17,7 +35,16 @@ from .gradients import (
     grads_of,
     surrogate,
 )
+from .gradients.holo_ep import HoloEP
 from .models import EquilibriumLM, LMField, ModelConfig
+from .regularizers import (
+    AdaptiveWeight,
+    Homeostasis,
+    JacReg,
+    Regularizer,
+    RegularizerConfig,
+    build_regularizer,
+)
 from .solvers import Euler, Solution, Solver, SolverState, Status, relax
 from .solvers.krylov import gmres
 
@@ -46,4 +73,27 @@ __all__ = [
     "grads_of",
     "relax",
     "surrogate",
+    "EpsCrit",
+    "Failure",
+    "FailureReport",
+    "FidelityResult",
+    "Spectrum",
+    "StabilityTracking",
+    "SweepResult",
+    "classify_failures",
+    "dense_spectrum",
+    "eps_crit",
+    "eps_sweep",
+    "gradient_fidelity",
+    "hutchinson_frobenius",
+    "log_norm",
+    "spectrum",
+    "track_stability",
+    "HoloEP",
+    "AdaptiveWeight",
+    "Homeostasis",
+    "JacReg",
+    "Regularizer",
+    "RegularizerConfig",
+    "build_regularizer",
 ]

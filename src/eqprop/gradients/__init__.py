@@ -4,7 +4,8 @@ from .base import Estimator, EstimatorResult, surrogate
 from .bptt import BPTT
 from .ep import EP, AsymEP
 from .fidelity import estimate_grads, gradient_cosine, grads_of
+from .holo_ep import HoloEP
 from .ift import IFT
 
-__all__ = ["BPTT", "EP", "IFT", "AsymEP", "Estimator", "EstimatorResult", "estimate_grads",
-           "gradient_cosine", "grads_of", "surrogate"]
+__all__ = ["BPTT", "EP", "IFT", "AsymEP", "Estimator", "EstimatorResult", "HoloEP",
+           "estimate_grads", "gradient_cosine", "grads_of", "surrogate"]

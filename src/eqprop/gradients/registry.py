@@ -10,6 +10,7 @@ from ..solvers.registry import SolverConfig, build_solver
 from .base import Estimator
 from .bptt import BPTT
 from .ep import EP, AsymEP
+from .holo_ep import HoloEP
 from .ift import IFT
 
 __all__ = ["ESTIMATORS", "EstimatorConfig", "build_estimator"]
@@ -20,12 +21,15 @@ class EstimatorConfig:
     """Which gradient estimator trains the model.
 
     Args:
-        name: one of ``ESTIMATORS``: asymep (default), ep, ift, bptt.
+        name: one of ``ESTIMATORS``: asymep (default), ep, ift, bptt, holoep.
         beta: nudging strength for ep / asymep.
         centered: two-sided nudges (ep; asymep is always centered).
         nudge: solver of the nudged phases (tolerance relative to the nudge size).
         ift_tol: GMRES tolerance of the ift estimator.
         bptt_steps: truncation length of bptt.
+        radius: holoep's nudge radius r = |β| (exact up to O(r^N) at finite r).
+        n_nudges: holoep's number N of complex nudges on the circle.
+        holo_antisym: holoep adds the -2A(z - z*) term (needed on the asym block).
     """
 
     name: str = "asymep"
@@ -34,6 +38,9 @@ class EstimatorConfig:
     nudge: SolverConfig = field(default_factory=lambda: SolverConfig(tol=1e-2, max_steps=100))
     ift_tol: float = 1e-6
     bptt_steps: int = 20
+    radius: float = 0.5
+    n_nudges: int = 4
+    holo_antisym: bool = True
 
     def __post_init__(self) -> None:
         if self.name not in ESTIMATORS:
@@ -45,6 +52,11 @@ class EstimatorConfig:
             raise ConfigError(f"estimator ift_tol={self.ift_tol!r}: must be in (0, 1)")
         if not (isinstance(self.bptt_steps, int) and self.bptt_steps >= 1):
             raise ConfigError(f"estimator bptt_steps={self.bptt_steps!r}: must be an integer ≥ 1")
+        if not self.radius > 0:
+            raise ConfigError(f"estimator radius={self.radius!r}: must be > 0")
+        if isinstance(self.n_nudges, bool) or not isinstance(self.n_nudges, int) \
+                or self.n_nudges < 1:
+            raise ConfigError(f"estimator n_nudges={self.n_nudges!r}: must be an integer ≥ 1")
 
 
 def _ep(c: EstimatorConfig, cls: type[EP], centered: bool) -> EP:
@@ -57,6 +69,9 @@ ESTIMATORS: dict[str, Callable[[EstimatorConfig, SolverConfig], Estimator]] = {
     "ep": lambda c, free: _ep(c, EP, c.centered),
     "ift": lambda c, free: IFT(tol=c.ift_tol),
     "bptt": lambda c, free: BPTT(steps=c.bptt_steps, solver=build_solver(free)),
+    "holoep": lambda c, free: HoloEP(r=c.radius, N=c.n_nudges, antisym=c.holo_antisym,
+                                     solver=build_solver(c.nudge), tol=c.nudge.tol,
+                                     max_steps=c.nudge.max_steps),
 }
 
 

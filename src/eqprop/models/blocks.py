@@ -1,6 +1,8 @@
 """One equilibrium layer: the non-conservative (asym) block and the energy block.
 
-Each block acts on one layer's state ``z_l`` of shape ``(B, T, D)``.
+Each block acts on one layer's state ``z_l`` of shape ``(B, T, D)``, real or complex:
+every op is holomorphic-safe (see :mod:`eqprop.models.attention`), so holomorphic EP
+can evaluate the field at complex states; the real path is unchanged.
 """
 
 from __future__ import annotations
@@ -9,16 +11,23 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as Fn
 from torch import Tensor
 
-from .attention import causal_attention, causal_mask, layer_norm
+from .attention import (
+    causal_attention,
+    causal_mask,
+    gelu_tanh,
+    layer_norm,
+    linear,
+    masked_logsumexp,
+    softplus,
+)
 from .config import ModelConfig
 
 __all__ = ["AsymBlock", "EnergyBlock"]
 
 #: initial weight scale of the energy block relative to the asym block
-ENERGY_INIT = 0.3
+ENERGY_INIT = 0.5
 
 
 def _linear(d_in: int, d_out: int, scale: float, bias: bool = False) -> nn.Linear:
@@ -59,45 +68,44 @@ class AsymBlock(nn.Module):
         return h.view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2)
 
     def forward(self, z: Tensor, explicit: bool = False) -> Tensor:
-        """``z``: ``(B, T, D)`` -> ``n(z)``: ``(B, T, D)``."""
+        """``z``: ``(B, T, D)`` -> ``n(z)``: ``(B, T, D)`` (complex z: holomorphic extension)."""
         B, T, D = z.shape
         h = self.norm(z)  # (B, T, D)
-        q, k, v = self._heads(self.W_q(h)), self._heads(self.W_k(h)), self._heads(self.W_v(h))
+        q, k, v = (self._heads(linear(W, h)) for W in (self.W_q, self.W_k, self.W_v))
         a = causal_attention(q, k, v, explicit).transpose(1, 2).reshape(B, T, D)
-        return self.W_o(a) + self.W_2(Fn.gelu(self.W_1(h), approximate="tanh"))
+        return linear(self.W_o, a) + linear(self.W_2, gelu_tanh(linear(self.W_1, h)))
 
 
 class EnergyBlock(nn.Module):
     """Scalar energy of one layer: causal Hopfield attention plus a Hopfield memory.
 
     ``E(z) = -1/γ Σ_h Σ_i logsumexp_{j≤i}(γ q_i·k_j) - Σ_i Σ_μ softplus(ξ_μ·g_i + b_μ)``
-    with ``g = LN(z)``, ``q = W_Q g``, ``k = W_K g``, ``γ = 1/√d_h`` (the energy
-    attention of Hoover et al. 2023, made causal). Its force ``-∇E`` has a
-    symmetric Jacobian by construction. Because keys are shared by later
+    with ``g = tanh(z)``, ``q = W_Q g``, ``k = W_K g``, ``γ = 1/√d_h`` (the energy
+    attention of Hoover et al. 2023, made causal). The activation is a bounded
+    elementwise tanh rather than a layer norm: a layer norm's 1/σ makes the
+    energy's curvature blow up wherever a position's state has small spread.
+    Its force ``-∇E`` has a symmetric Jacobian by construction. Because keys are shared by later
     queries, this block is not causal in ``z`` (only the asym block is).
-    Its weights start at ``ENERGY_INIT × init_scale``: through the layer norm the
-    energy's curvature grows with the weights squared, and at the asym block's
-    scale the initial energy is stiff and non-convex.
+    Its weights start at ``ENERGY_INIT × init_scale``: the energy's curvature grows
+    with the weights squared, and at the asym block's scale it starts non-convex.
     """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         D, s = cfg.d_model, cfg.init_scale * ENERGY_INIT
         self.n_heads = cfg.n_heads
-        self.norm = _Norm(D)
         self.W_q, self.W_k = _linear(D, D, s), _linear(D, D, s)
         self.xi = _linear(D, cfg.d_ff, s, bias=True)
 
     def energy(self, z: Tensor) -> Tensor:
-        """``z``: ``(B, T, D)`` -> per-sample energy ``(B,)``."""
+        """``z``: ``(B, T, D)`` -> per-sample energy ``(B,)`` (complex z: holomorphic extension)."""
         B, T, D = z.shape
         H, dh = self.n_heads, D // self.n_heads
-        g = self.norm(z)
-        q = self.W_q(g).view(B, T, H, dh).transpose(1, 2)  # (B, H, T, d_h)
-        k = self.W_k(g).view(B, T, H, dh).transpose(1, 2)
+        g = torch.tanh(z)  # bounded, holomorphic; see the class docstring
+        q = linear(self.W_q, g).view(B, T, H, dh).transpose(1, 2)  # (B, H, T, d_h)
+        k = linear(self.W_k, g).view(B, T, H, dh).transpose(1, 2)
         gamma = 1.0 / math.sqrt(dh)
         scores = gamma * (q @ k.transpose(-1, -2))  # (B, H, T, T)
-        scores = scores.masked_fill(~causal_mask(T, z.device), float("-inf"))
-        e_att = -torch.logsumexp(scores, dim=-1).sum(dim=(1, 2)) / gamma
-        e_hop = -Fn.softplus(self.xi(g)).sum(dim=(1, 2))
+        e_att = -masked_logsumexp(scores, causal_mask(T, z.device)).sum(dim=(1, 2)) / gamma
+        e_hop = -softplus(linear(self.xi, g)).sum(dim=(1, 2))
         return e_att + e_hop

@@ -3,6 +3,9 @@
 State ``z`` of shape ``(B, L, T, D)``: one ``(T, D)`` state per layer and sample.
 The model only *defines* the field ``F(z; x, θ) = c(z; x) + n(z; θ)``; solvers
 find its equilibrium and estimators turn that into a gradient.
+
+On a complex state ``z`` (holomorphic EP) the field, the logits and the loss are the
+holomorphic extensions of the real ones; the real path is unchanged.
 """
 
 from __future__ import annotations
@@ -12,8 +15,10 @@ import torch.nn as nn
 import torch.nn.functional as Fn
 from torch import Tensor
 from torch.func import grad as func_grad
+from torch.func import vjp as func_vjp
 
 from ..fields import Field
+from .attention import masked_logsumexp
 from .blocks import AsymBlock, EnergyBlock, _Norm
 from .config import ModelConfig
 
@@ -53,7 +58,7 @@ class EquilibriumLM(nn.Module):
         """``z (B, L, T, D)`` -> ``(B, T, V)`` from the top layer."""
         h = self.norm_f(z[:, -1])
         W = self.emb.weight if self.W_out is None else self.W_out.weight
-        return h @ W.t()
+        return h @ (W.t().to(h.dtype) if h.is_complex() else W.t())
 
     # -- the field ---------------------------------------------------------
     def conservative(self, z: Tensor, x: Tensor) -> Tensor:
@@ -73,6 +78,11 @@ class EquilibriumLM(nn.Module):
         """``n(z; θ)``: attention + feed-forward per layer, ``(B, L, T, D)``."""
         if self.cfg.block == "asym":
             return torch.stack([blk(z[:, l], explicit) for l, blk in enumerate(self.blocks)], 1)
+        if z.is_complex():
+            # autograd returns conj(E'(z)) for a holomorphic E (conjugate Wirtinger
+            # convention), so conj it back: n = -E'(z), the holomorphic extension of -∇E
+            _, pullback = func_vjp(self._block_energy, z)
+            return -pullback(torch.ones((), dtype=z.dtype, device=z.device))[0].conj()
         return -func_grad(self._block_energy)(z)
 
     def _block_energy(self, z: Tensor) -> Tensor:
@@ -133,5 +143,9 @@ class LMField(Field):
         if self.targets is None:
             raise ValueError("this field was built without targets: model.field(tokens, targets)")
         logits = self.logits(z)  # (B, T, V)
+        if logits.is_complex():  # holomorphic extension: logsumexp(logits) - logits[target]
+            every = torch.ones(logits.shape[-1], dtype=torch.bool, device=logits.device)
+            picked = logits.gather(-1, self.targets.unsqueeze(-1)).squeeze(-1)  # (B, T)
+            return (masked_logsumexp(logits, every) - picked).mean(-1)
         ce = Fn.cross_entropy(logits.flatten(0, 1), self.targets.flatten(), reduction="none")
         return ce.view(self.targets.shape).mean(-1)

@@ -2,45 +2,108 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import ConfigError
+from .adaptive import AdaptiveEuler
+from .anderson import Anderson
 from .base import Solver
+from .controllers import CONTROLLERS, SER
 from .euler import Euler
+from .implicit import IMEX, ImplicitEuler
+from .newton_krylov import NewtonKrylov
+from .ode import ODE
 
 __all__ = ["SOLVERS", "SolverConfig", "build_solver"]
 
 
 @dataclass
 class SolverConfig:
-    """How to relax one phase.
+    """How to relax one phase (the free phase, or the nudged phases of an estimator).
 
     Args:
-        name: which solver (see ``SOLVERS``).
-        eps: step size ε (initial ε for adaptive solvers).
+        name: which solver (see ``SOLVERS``): euler, adaptive (Euler with a
+            controller), anderson, newton (Newton–Krylov), implicit (backward Euler),
+            ptc (pseudo-transient continuation: backward Euler with SER-grown h),
+            imex, ode (the continuous-time reference).
+        eps: step size ε (euler; the first ε of adaptive; the ε of anderson's map).
         tol: relative residual ``‖F‖/‖z‖`` that counts as converged.
         max_steps: step budget.
+        controller: step-size controller of adaptive (see
+            ``eqprop.solvers.controllers.CONTROLLERS``).
+        eps_min: smallest ε the controller may choose.
+        eps_max: largest ε the controller may choose.
+        anderson_m: anderson's history size.
+        anderson_beta: anderson's mixing, in (0, 1].
+        anderson_lam: anderson's ridge, relative to the history.
+        anderson_restart: residual growth that makes anderson restart its history.
+        h: time step of implicit and imex; the first h of ptc.
+        ode_rtol: local error of the ode reference, relative to ``RMS(F)``.
     """
 
     name: str = "euler"
     eps: float = 0.5
     tol: float = 1e-4
     max_steps: int = 200
+    controller: str = "overshoot"
+    eps_min: float = 1e-3
+    eps_max: float = 1.0
+    anderson_m: int = 5
+    anderson_beta: float = 1.0
+    anderson_lam: float = 1e-4
+    anderson_restart: float = 2.0
+    h: float = 1.0
+    ode_rtol: float = 1e-6
 
     def __post_init__(self) -> None:
         if self.name not in SOLVERS:
             raise ConfigError(f"solver name={self.name!r}: allowed values are {', '.join(SOLVERS)}")
-        if not self.eps > 0:
-            raise ConfigError(f"solver eps={self.eps!r}: must be > 0")
-        if not self.tol > 0:
-            raise ConfigError(f"solver tol={self.tol!r}: must be > 0")
+        if self.controller not in CONTROLLERS:
+            raise ConfigError(f"solver controller={self.controller!r}: allowed values are "
+                              f"{', '.join(CONTROLLERS)}")
+        for name in ("eps", "tol", "eps_min", "eps_max", "h", "ode_rtol"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
+                raise ConfigError(f"solver {name}={v!r}: must be a finite number > 0")
         if not (isinstance(self.max_steps, int) and self.max_steps >= 1):
             raise ConfigError(f"solver max_steps={self.max_steps!r}: must be an integer ≥ 1")
+        if self.eps_min > self.eps_max:
+            raise ConfigError(f"solver eps_min={self.eps_min} > eps_max={self.eps_max}: "
+                              "need eps_min ≤ eps_max")
+        if not (isinstance(self.anderson_m, int) and self.anderson_m >= 1):
+            raise ConfigError(f"solver anderson_m={self.anderson_m!r}: must be an integer ≥ 1")
+        if not 0 < self.anderson_beta <= 1:
+            raise ConfigError(f"solver anderson_beta={self.anderson_beta!r}: must lie in (0, 1]")
+        if not self.anderson_lam >= 0:
+            raise ConfigError(f"solver anderson_lam={self.anderson_lam!r}: must be ≥ 0")
+        if not self.anderson_restart >= 1:
+            raise ConfigError(f"solver anderson_restart={self.anderson_restart!r}: must be ≥ 1")
+
+
+def _adaptive(c: SolverConfig) -> Solver:
+    return AdaptiveEuler(CONTROLLERS[c.controller](eps_min=c.eps_min, eps_max=c.eps_max),
+                         eps0=c.eps)
+
+
+def _ptc(c: SolverConfig) -> Solver:
+    # Ψtc: one Newton correction per time step, h grown by SER (Kelley & Keyes 1998)
+    return ImplicitEuler(h=c.h, max_newton=1, gmres_tol=1e-2, restart=30, max_krylov=60,
+                         controller=SER(eps_min=min(c.h, 1e-2), eps_max=1e6, safety=1.0,
+                                        factor_max=4.0))
 
 
 SOLVERS: dict[str, Callable[[SolverConfig], Solver]] = {
     "euler": lambda c: Euler(eps=c.eps),
+    "adaptive": _adaptive,
+    "anderson": lambda c: Anderson(m=c.anderson_m, beta=c.anderson_beta, lam=c.anderson_lam,
+                                   eps=c.eps, restart_growth=c.anderson_restart),
+    "newton": lambda c: NewtonKrylov(),
+    "implicit": lambda c: ImplicitEuler(h=c.h),
+    "ptc": _ptc,
+    "imex": lambda c: IMEX(h=c.h),
+    "ode": lambda c: ODE(rtol=c.ode_rtol, tol=c.tol),
 }
 
 

@@ -34,7 +34,8 @@ GROWTH = 1.02
 BLOWUP = 1e4
 
 
-def classify(residuals: Tensor, converged: Tensor, finite: Tensor) -> Tensor:
+def classify(residuals: Tensor, converged: Tensor, finite: Tensor,
+             norms: Tensor | None = None) -> Tensor:
     """Status code ``(B,)`` for each sample (values of :class:`Status`).
 
     The verdict for a sample that is neither converged nor non-finite comes from
@@ -43,12 +44,20 @@ def classify(residuals: Tensor, converged: Tensor, finite: Tensor) -> Tensor:
     a residual that stalls, whether it oscillates or sits on a limit cycle of
     constant ‖F‖ — is "cycling".
 
+    The relative residual ``g = ‖F‖/‖z‖`` of a linear instability saturates at
+    about ``‖J‖`` once ``z`` is dominated by the growing mode, so from ``g`` alone a
+    blow-up that started far from ``z*`` looks like a stall. Pass ``norms`` (the
+    trace of the normaliser ``‖z‖``) and the growth tests run on ``‖F‖ = g·‖z‖``.
+
     Args:
         residuals: ``(B, S)`` relative residuals, one column per step (S ≥ 1).
         converged: ``(B,)`` bool.
         finite: ``(B,)`` bool, False where NaN/Inf were met.
+        norms: optional ``(B, S)`` normalisers of the residuals (``‖z‖`` per step).
     """
     B, S = residuals.shape
+    if norms is not None:
+        residuals = residuals * norms
     r = torch.nan_to_num(residuals, nan=float("inf"))
     W = max(2, int(S * WINDOW_FRACTION))
     tail = r[:, -W:]

@@ -1,0 +1,332 @@
+"""``eqprop bench solvers``: relaxation solvers side by side on stiff problems (DESIGN.md §2).
+
+Cases: (i) ``stiff``: an analytic linear field with rotating modes ``a ± ib``
+(``|b| ≫ |a|``, known ε_crit and fixed point); (ii) ``lm``: an equilibrium LM, either
+a trained run directory or a fresh model whose W_Q, W_K are multiplied by
+``qk_scale`` (sharper attention). Per solver: the fraction of samples that reach
+the relative residual ``tol``, their NFE (F, JVP and VJP evaluations) and the
+wall time of the batch. torchdeq's Anderson and Broyden (the optional ``peers``
+extra) run on the same problems, on the map ``G(z) = z + εF(z)``; their NFE per
+sample is the number of evaluations until that sample's residual first reached
+``tol``, measured by a counting wrapper of F.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..errors import ConfigError
+from ..fields import Field
+from ..solvers.base import relax, sample_norm
+from ..solvers.registry import SOLVERS, SolverConfig, build_solver
+
+__all__ = ["DEFAULT_SOLVERS", "CountingField", "SolverBenchConfig", "bench_solvers",
+           "markdown_table", "stiff_field"]
+
+#: solver specs ``name[:controller][@eps]`` run by default
+DEFAULT_SOLVERS = ("euler@0.1", "euler", "adaptive:overshoot", "adaptive:ema", "adaptive:noise",
+                   "adaptive:pi", "adaptive:doubling", "adaptive:ser", "adaptive:naive",
+                   "anderson", "newton", "implicit", "ptc", "imex", "ode")
+PEERS = ("torchdeq-anderson", "torchdeq-broyden")
+CASES = ("stiff", "lm")
+
+
+@dataclass
+class SolverBenchConfig:
+    """Settings of the solver benchmark.
+
+    Args:
+        cases: which problems: ``stiff`` (analytic) and/or ``lm``.
+        solvers: solver specs ``name[:controller][@eps]`` (names of ``SOLVERS``).
+        peers: also run torchdeq's Anderson and Broyden (skipped with a note if
+            torchdeq is not installed: ``pip install 'eqprop[peers]'``).
+        tol: relative residual ``‖F‖/‖z‖`` to reach.
+        max_nfe: evaluation budget per sample.
+        eps: ε of Euler and of the map ``G = z + εF`` of Anderson and the peers.
+        batch: samples per case.
+        run: a run directory or checkpoint for the lm case (else a synthetic model).
+        qk_scale: factor on W_Q and W_K of the synthetic model.
+        d_model, n_layers, seq_len: shape of the synthetic model.
+        stiff_b: largest rotation rate |b| of the analytic field (a = -1).
+        stiff_dim: dimension of the analytic field (even).
+        eps_crit_samples: estimate ε_crit of the lm case on this many samples (0: skip).
+        dtype: float32 or float64.
+        threads: CPU threads for torch (0: leave as is).
+        seed: seed of models, tokens and fields.
+    """
+
+    cases: tuple[str, ...] = CASES
+    solvers: tuple[str, ...] = DEFAULT_SOLVERS
+    peers: bool = True
+    tol: float = 1e-5
+    max_nfe: int = 2000
+    eps: float = 0.5
+    batch: int = 16
+    run: str | None = None
+    qk_scale: float = 6.0
+    d_model: int = 32
+    n_layers: int = 2
+    seq_len: int = 32
+    stiff_b: float = 20.0
+    stiff_dim: int = 64
+    eps_crit_samples: int = 4
+    dtype: str = "float32"
+    threads: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for c in self.cases:
+            if c not in CASES:
+                raise ConfigError(f"bench cases: {c!r} is not a case; allowed: {', '.join(CASES)}")
+        for spec in self.solvers:
+            parse_spec(spec)
+        if self.dtype not in ("float32", "float64"):
+            raise ConfigError(f"bench dtype={self.dtype!r}: allowed values are float32, float64")
+        for name in ("tol", "eps", "qk_scale", "stiff_b"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and 0 < v < math.inf):
+                raise ConfigError(f"bench {name}={v!r}: must be a finite number > 0")
+        for name, low in (("max_nfe", 1), ("batch", 1), ("d_model", 2), ("n_layers", 1),
+                          ("seq_len", 2), ("stiff_dim", 4), ("eps_crit_samples", 0),
+                          ("threads", 0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ConfigError(f"bench {name}={v!r}: must be an integer ≥ {low}")
+        if self.stiff_dim % 2:
+            raise ConfigError(f"bench stiff_dim={self.stiff_dim}: must be even (pairs of modes)")
+
+
+def parse_spec(spec: str) -> tuple[str, str | None, float | None]:
+    """``"adaptive:pi@0.2"`` -> ``("adaptive", "pi", 0.2)``; errors list what is allowed."""
+    rest, _, eps = spec.partition("@")
+    name, _, controller = rest.partition(":")
+    if name not in SOLVERS:
+        raise ConfigError(f"bench solver {spec!r}: {name!r} is not a solver; allowed: "
+                          f"{', '.join(SOLVERS)} (spec: name[:controller][@eps])")
+    try:
+        eps_v = float(eps) if eps else None
+    except ValueError:
+        raise ConfigError(f"bench solver {spec!r}: the part after @ must be a number") from None
+    cfg = dict(name=name)
+    if controller:
+        cfg["controller"] = controller
+    SolverConfig(**cfg)  # validates the controller name
+    return name, controller or None, eps_v
+
+
+class CountingField(Field):
+    """Wraps a field: counts batched evaluations (F and JVPs) and records, per call,
+    each sample's relative residual; after ``budget`` calls it returns NaN so that
+    any solver stops."""
+
+    def __init__(self, field: Field, budget: int):
+        self.field, self.budget = field, budget
+        self.calls = 0
+        self.first_hit: Tensor | None = None  # (B,) call index at which g ≤ tol first
+        self.tol = 0.0
+        if hasattr(field, "c"):  # keep the split visible to IMEX
+            self.c = field.c
+
+    def _count(self, z: Tensor, out: Tensor) -> Tensor:
+        self.calls += 1
+        if self.calls > self.budget:
+            return torch.full_like(out, float("nan"))
+        return out
+
+    def __call__(self, z: Tensor) -> Tensor:
+        out = self._count(z, self.field(z))
+        if self.first_hit is not None:
+            g = sample_norm(out) / sample_norm(z).clamp_min(1e-30)
+            hit = (g <= self.tol) & (self.first_hit < 0)
+            self.first_hit = torch.where(hit, self.calls, self.first_hit)
+        return out
+
+    def forward_for_jvp(self, z: Tensor) -> Tensor:
+        return self._count(z, self.field.forward_for_jvp(z))
+
+
+def stiff_field(dim: int, b_max: float, B: int, seed: int, dtype: torch.dtype) -> Field:
+    """``F(z) = A (z - z*)``: ``dim/2`` rotating modes ``-a_k ± i b_k`` (``a_k`` in [0.1, 1],
+    ``b_k`` log-spaced up to ``b_max``), mixed by a random orthogonal basis; ``z*`` random."""
+    g = torch.Generator().manual_seed(seed)
+    k = dim // 2
+    a = -torch.linspace(1.0, 0.1, k, dtype=torch.float64)
+    b = torch.logspace(0, math.log10(b_max), k, dtype=torch.float64)
+    D = torch.zeros(dim, dim, dtype=torch.float64)
+    for i in range(k):
+        D[2 * i:2 * i + 2, 2 * i:2 * i + 2] = torch.tensor([[a[i], -b[i]], [b[i], a[i]]])
+    Q, _ = torch.linalg.qr(torch.randn(dim, dim, generator=g, dtype=torch.float64))
+    A = (Q @ D @ Q.T).to(dtype)
+    z_fix = torch.randn(B, dim, generator=g, dtype=torch.float64).to(dtype) + 2.0
+    return _Linear(A, z_fix)
+
+
+class _Linear(Field):
+    def __init__(self, A: Tensor, z_fix: Tensor):
+        self.A, self.z_fix = A, z_fix
+
+    def __call__(self, z: Tensor) -> Tensor:
+        return (z - self.z_fix) @ self.A.T
+
+    def c(self, z: Tensor) -> Tensor:  # the leak: IMEX treats it implicitly
+        return -(z - self.z_fix)
+
+
+def _lm_case(cfg: SolverBenchConfig, dtype: torch.dtype) -> tuple[Field, Tensor, str]:
+    from ..models import EquilibriumLM, ModelConfig
+
+    gen = torch.Generator().manual_seed(cfg.seed)
+    if cfg.run is not None:
+        from ..data.corpus import load_corpus
+        from ..train.checkpoint import load_run  # lazy: the training package is heavy
+
+        run = load_run(cfg.run)
+        model = run.model.to(dtype)
+        T = min(cfg.seq_len, model.cfg.seq_len)
+        corpus = load_corpus(run.config.data, seq_len=T, vocab=run.vocab)
+        tokens, targets = corpus.get_batch("val", cfg.batch, T, generator=gen)
+        desc = f"run {cfg.run} (step {run.step}), val batch {cfg.batch}×{T}"
+    else:
+        torch.manual_seed(cfg.seed)
+        mcfg = ModelConfig(d_model=cfg.d_model, n_heads=max(1, cfg.d_model // 16),
+                           d_ff=2 * cfg.d_model, n_layers=cfg.n_layers, seq_len=cfg.seq_len)
+        model = EquilibriumLM(mcfg).to(dtype)
+        with torch.no_grad():
+            for blk in model.blocks:
+                blk.W_q.weight.mul_(cfg.qk_scale)
+                blk.W_k.weight.mul_(cfg.qk_scale)
+        tokens = torch.randint(0, mcfg.vocab_size, (cfg.batch, cfg.seq_len), generator=gen)
+        targets = None
+        desc = (f"fresh LM d={cfg.d_model} L={cfg.n_layers} T={cfg.seq_len}, W_Q,W_K ×"
+                f"{cfg.qk_scale}, random tokens, batch {cfg.batch}")
+    model.eval()
+    field = model.field(tokens, targets)
+    return field, field.initial_state(), desc
+
+
+def _run_ours(spec: str, F: Field, z0: Tensor, cfg: SolverBenchConfig) -> dict:
+    name, controller, eps = parse_spec(spec)
+    sc = SolverConfig(name=name, eps=cfg.eps if eps is None else eps, tol=cfg.tol,
+                      controller=controller or "overshoot", eps_max=2.0)
+    counted = CountingField(F, budget=cfg.max_nfe)
+    t = time.perf_counter()
+    sol = relax(counted, z0, build_solver(sc), tol=cfg.tol, max_steps=cfg.max_nfe)
+    wall = time.perf_counter() - t
+    reached = sol.converged & (sol.nfe <= cfg.max_nfe)
+    counts = {k: v for k, v in sol.counts().items() if v and k != "converged"}
+    return _row(spec, reached, sol.nfe, wall, ", ".join(f"{k} {v}" for k, v in counts.items()),
+                sol.z)
+
+
+def _run_peer(kind: str, F: Field, z0: Tensor, cfg: SolverBenchConfig) -> dict:
+    try:
+        from torchdeq.solver import get_solver
+    except ImportError:
+        return {"solver": kind, "skipped": "torchdeq not installed (pip install 'eqprop[peers]')"}
+    counted = CountingField(F, budget=cfg.max_nfe)
+    counted.tol = cfg.tol
+    counted.first_hit = torch.full((z0.shape[0],), -1, dtype=torch.long)
+    eps = cfg.eps
+
+    def G(z: Tensor) -> Tensor:
+        return z + eps * counted(z)
+
+    solve = get_solver(kind.split("-")[1])
+    # torchdeq's 'rel' criterion is ‖G(z) - z‖/‖G(z)‖ ≈ ε g: stop when every sample is there
+    t = time.perf_counter()
+    with torch.no_grad():
+        z, _, _ = solve(G, z0, max_iter=cfg.max_nfe, tol=0.5 * eps * cfg.tol, stop_mode="rel")
+    wall = time.perf_counter() - t
+    hit = counted.first_hit
+    nfe = torch.where(hit > 0, hit, torch.full_like(hit, cfg.max_nfe + 1))
+    return _row(kind, hit > 0, nfe, wall, "", z)
+
+
+def _row(name: str, reached: Tensor, nfe: Tensor, wall: float, note: str, z: Tensor) -> dict:
+    n = nfe[reached].double()
+    return {"solver": name, "reached": float(reached.double().mean()),
+            "nfe_mean": float(n.mean()) if n.numel() else math.nan,
+            "nfe_median": float(n.median()) if n.numel() else math.nan,
+            "nfe_max": int(n.max()) if n.numel() else -1, "wall_s": wall, "note": note,
+            "_z": z.detach(), "_reached": reached}
+
+
+def _eps_crit_note(F: Field, rows: list[dict], k: int) -> str:
+    """ε_crit at the equilibria found (first k samples that some solver converged on)."""
+    from ..diagnostics import eps_crit  # lazy: ARPACK via scipy
+
+    zs = [r for r in rows if "_z" in r]
+    if not zs or k == 0:
+        return ""
+    best = max(zs, key=lambda r: float(r["reached"]))
+    idx = best["_reached"].nonzero().flatten()[:k]
+    if idx.numel() == 0:
+        return "ε_crit: no sample converged"
+    sub = F.model.field(F.tokens[idx]) if hasattr(F, "model") else None
+    if sub is None:
+        return ""
+    ec = eps_crit(sub, best["_z"][idx], bisect=False)
+    vals = ", ".join(f"{v:.3f}" for v in ec.eig.tolist())
+    return (f"ε_crit at z* ({best['solver']}'s solution, {idx.numel()} samples): {vals}; "
+            f"max Re μ {float(ec.max_real.max()):.3f}")
+
+
+def bench_solvers(cfg: SolverBenchConfig) -> list[tuple[str, str, list[dict]]]:
+    """Run every solver (and peer) on every case.
+
+    Returns:
+        ``[(case, description, rows)]``; each row a dict with ``solver``, ``reached``
+        (fraction of samples at ``tol``), ``nfe_mean``/``nfe_median``/``nfe_max`` over
+        those samples, ``wall_s`` and a ``note`` (or ``skipped``).
+    """
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    dtype = getattr(torch, cfg.dtype)
+    out = []
+    for case in cfg.cases:
+        if case == "stiff":
+            F = stiff_field(cfg.stiff_dim, cfg.stiff_b, cfg.batch, cfg.seed, dtype)
+            z0 = torch.zeros_like(F.z_fix) + 1.0
+            ec = 2 * 0.1 / (0.01 + cfg.stiff_b**2)  # slowest-damped mode has the largest b
+            desc = (f"linear, {cfg.stiff_dim // 2} modes a ∈ [-1, -0.1], |b| ≤ {cfg.stiff_b:g}, "
+                    f"ε_crit = {ec:.2e}, batch {cfg.batch}")
+        else:
+            F, z0, desc = _lm_case(cfg, dtype)
+        rows = [_run_ours(s, F, z0, cfg) for s in cfg.solvers]
+        if cfg.peers:
+            rows += [_run_peer(p, F, z0, cfg) for p in PEERS]
+        if case == "lm" and cfg.eps_crit_samples:
+            note = _eps_crit_note(F, rows, cfg.eps_crit_samples)
+            desc = f"{desc}; {note}" if note else desc
+        out.append((case, desc, rows))
+    return out
+
+
+def markdown_table(results: list[tuple[str, str, list[dict]]], cfg: SolverBenchConfig,
+                   command: str = "") -> str:
+    """The results as markdown: one table per case."""
+    lines = []
+    if command:
+        lines += ["```", command, "```", ""]
+    lines += [f"Relative residual target {cfg.tol:g}, budget {cfg.max_nfe} evaluations per "
+              f"sample, ε = {cfg.eps:g} for Euler/Anderson/peers, {cfg.dtype}, "
+              f"{torch.get_num_threads()} CPU thread(s). NFE: mean / median / max over the "
+              "samples that reached the target (F, JVP and VJP each count 1).", ""]
+    for case, desc, rows in results:
+        lines += [f"## {case}: {desc}", "",
+                  "| solver | reached | NFE mean | NFE median | NFE max | wall s | notes |",
+                  "|---|---:|---:|---:|---:|---:|---|"]
+        for r in rows:
+            if "skipped" in r:
+                lines.append(f"| {r['solver']} | – | – | – | – | – | skipped: {r['skipped']} |")
+                continue
+            lines.append(f"| {r['solver']} | {100 * r['reached']:.0f} % | {r['nfe_mean']:.0f} | "
+                         f"{r['nfe_median']:.0f} | {r['nfe_max']} | {r['wall_s']:.2f} | "
+                         f"{r['note']} |")
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,275 @@
+"""``eqprop bench train``: one training step of each kind, side by side in one run.
+
+An AsymEP step, an IFT-backprop step, a truncated-BPTT step and a standard
+(non-equilibrium) transformer of the same parameter count trained by ordinary
+backprop: tokens/s, step time split by phase, peak memory, achieved TFLOP/s
+against the device's peak, and scaling with sequence length, width, batch and
+layers. FLOPs are counted analytically per F-equivalent evaluation (a JVP or VJP
+is counted as one evaluation, as NFE is), so TFLOP/s is a lower bound.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+
+import torch
+
+from ..errors import ConfigError
+from ..gradients import BPTT, IFT, AsymEP, Estimator, gradient_cosine
+from ..models import EquilibriumLM, ModelConfig
+from ..models.standard import StandardLM
+from ..solvers import Euler, relax
+
+__all__ = ["PRECISIONS", "TrainBenchConfig", "bench_precision", "bench_relax_loop",
+           "bench_train_step", "flops_per_eval"]
+
+PRECISIONS = ("fp32", "tf32", "bf16")
+#: dense tensor-core peaks (TFLOP/s) by device-name fragment and precision (vendor data sheets)
+PEAK_TFLOPS = {"H100": {"fp32": 67.0, "tf32": 494.7, "bf16": 989.4},
+               "H200": {"fp32": 67.0, "tf32": 494.7, "bf16": 989.4}}
+
+
+@dataclass
+class TrainBenchConfig:
+    """Sizes and settings of the training-step benchmark.
+
+    Args:
+        d_model, n_heads, d_ff, n_layers, seq_len, batch_size, vocab_size: the model and batch.
+        eps: Euler step of the free and nudged phases.
+        free_tol, free_max_steps: free-phase tolerance and budget.
+        beta, nudge_tol, nudge_max_steps: AsymEP nudging (tolerance relative to the nudge).
+        ift_tol: GMRES tolerance of the IFT step (set equal to ``nudge_tol``: equal residual).
+        bptt_steps: unroll length of the BPTT step.
+        precision: fp32, tf32 (TF32 matmuls) or bf16 (autocast).
+        check_every: host check for convergence every k steps.
+        warmup, repeats: untimed and timed steps per measurement.
+        device: "cuda" or "cpu".
+    """
+
+    d_model: int = 512
+    n_heads: int = 8
+    d_ff: int = 2048
+    n_layers: int = 2
+    seq_len: int = 256
+    batch_size: int = 16
+    vocab_size: int = 65
+    eps: float = 0.5
+    free_tol: float = 1e-4
+    free_max_steps: int = 100
+    beta: float = 0.05
+    nudge_tol: float = 1e-2
+    nudge_max_steps: int = 100
+    ift_tol: float = 1e-2
+    bptt_steps: int = 20
+    precision: str = "tf32"
+    check_every: int = 1
+    warmup: int = 2
+    repeats: int = 5
+    device: str = "cuda"
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision={self.precision!r}: allowed values are "
+                              f"{', '.join(PRECISIONS)}")
+        if self.device not in ("cuda", "cpu"):
+            raise ConfigError(f"device={self.device!r}: allowed values are cuda, cpu")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("device='cuda' but no CUDA device is available: use --device cpu")
+        if self.repeats < 1 or self.warmup < 0:
+            raise ConfigError(f"repeats={self.repeats}, warmup={self.warmup}: need repeats ≥ 1, "
+                              "warmup ≥ 0")
+
+    def model_config(self) -> ModelConfig:
+        return ModelConfig(vocab_size=self.vocab_size, d_model=self.d_model, n_heads=self.n_heads,
+                           d_ff=self.d_ff, n_layers=self.n_layers, seq_len=self.seq_len)
+
+
+def flops_per_eval(cfg: TrainBenchConfig) -> float:
+    """Matmul FLOPs of one evaluation of F on the batch (causal attention counted at half)."""
+    D, Fd, T = cfg.d_model, cfg.d_ff, cfg.seq_len
+    per_token_layer = 2 * 4 * D * D + 2 * 2 * D * Fd + 2 * 2 * T * D / 2
+    return cfg.batch_size * T * cfg.n_layers * per_token_layer
+
+
+@contextlib.contextmanager
+def precision_context(precision: str, device: str) -> Iterator[None]:
+    """TF32 on or off for matmuls, and bf16 autocast for ``bf16``."""
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision != "fp32"
+    try:
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _eq_step(model, opt, batch, est: Estimator, cfg: TrainBenchConfig) -> dict[str, float]:
+    tokens, targets = batch
+    t0 = time.perf_counter()
+    field = model.field(tokens, targets)
+    sol = relax(field, field.initial_state(), Euler(cfg.eps), tol=cfg.free_tol,
+                max_steps=cfg.free_max_steps, check_every=cfg.check_every)
+    _sync(cfg.device)
+    t1 = time.perf_counter()
+    res = est.estimate(field, sol.z)
+    _sync(cfg.device)
+    t2 = time.perf_counter()
+    res.surrogate.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    _sync(cfg.device)
+    t3 = time.perf_counter()
+    nfe = float(sol.nfe.float().mean()) + sum(float(v.float().mean()) for v in res.nfe.values())
+    return {"free": t1 - t0, "gradient": t2 - t1, "update": t3 - t2, "nfe": nfe + 2.0}
+
+
+def _std_step(model, opt, batch, cfg: TrainBenchConfig) -> dict[str, float]:
+    t0 = time.perf_counter()
+    model.loss(*batch).backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    _sync(cfg.device)
+    return {"free": 0.0, "gradient": 0.0, "update": time.perf_counter() - t0, "nfe": 3.0}
+
+
+def _measure(step: Callable[[], dict[str, float]], cfg: TrainBenchConfig) -> dict[str, float]:
+    for _ in range(cfg.warmup):
+        step()
+    if cfg.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    runs = [step() for _ in range(cfg.repeats)]
+    out = {k: sum(r[k] for r in runs) / len(runs) for k in runs[0]}
+    out["step"] = out["free"] + out["gradient"] + out["update"]
+    out["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30 if cfg.device == "cuda" else 0.0
+    return out
+
+
+def _peak(precision: str, device: str) -> float | None:
+    if device != "cuda":
+        return None
+    name = torch.cuda.get_device_name()
+    return next((v[precision] for k, v in PEAK_TFLOPS.items() if k in name), None)
+
+
+def bench_train_step(cfg: TrainBenchConfig, seed: int = 0) -> list[dict[str, float | str]]:
+    """Time the four kinds of training step on one model size; one row per kind."""
+    torch.manual_seed(seed)
+    mcfg = cfg.model_config()
+    g = torch.Generator().manual_seed(seed)
+    batch = tuple(torch.randint(0, cfg.vocab_size, (cfg.batch_size, cfg.seq_len), generator=g)
+                  .to(cfg.device) for _ in range(2))
+    eq = EquilibriumLM(mcfg).to(cfg.device)
+    std = StandardLM(mcfg).to(cfg.device)
+    std.load_state_dict(eq.state_dict())
+    kinds: dict[str, tuple[torch.nn.Module, Estimator | None]] = {
+        "asymep": (eq, AsymEP(beta=cfg.beta, solver=Euler(cfg.eps), tol=cfg.nudge_tol,
+                              max_steps=cfg.nudge_max_steps)),
+        "ift": (eq, IFT(tol=cfg.ift_tol)),
+        "bptt": (eq, BPTT(steps=cfg.bptt_steps, solver=Euler(cfg.eps))),
+        "standard": (std, None),
+    }
+    tokens_per_step = cfg.batch_size * cfg.seq_len
+    fl, peak = flops_per_eval(cfg), _peak(cfg.precision, cfg.device)
+    rows = []
+    for kind, (model, est) in kinds.items():
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        with precision_context(cfg.precision, cfg.device):
+            if est is None:
+                m = _measure(lambda: _std_step(model, opt, batch, cfg), cfg)  # noqa: B023
+            else:
+                m = _measure(lambda: _eq_step(model, opt, batch, est, cfg), cfg)  # noqa: B023
+        model.load_state_dict(state)
+        tflops = m["nfe"] * fl / m["step"] / 1e12
+        rows.append({"kind": kind, **m, "tokens_per_s": tokens_per_step / m["step"],
+                     "tflops": tflops, "peak_frac": tflops / peak if peak else float("nan")})
+    return rows
+
+
+def bench_precision(cfg: TrainBenchConfig, seed: int = 0) -> list[dict[str, float | str]]:
+    """AsymEP gradient cosine vs an fp32 IFT reference, and AsymEP step time, per precision."""
+    torch.manual_seed(seed)
+    model = EquilibriumLM(cfg.model_config()).to(cfg.device)
+    g = torch.Generator().manual_seed(seed)
+    tokens, targets = (torch.randint(0, cfg.vocab_size, (cfg.batch_size, cfg.seq_len),
+                                     generator=g).to(cfg.device) for _ in range(2))
+
+    def grads(est: Estimator, precision: str, tol: float) -> dict[str, torch.Tensor]:
+        with precision_context(precision, cfg.device):
+            field = model.field(tokens, targets)
+            sol = relax(field, field.initial_state(), Euler(cfg.eps), tol=tol, max_steps=1000)
+            model.zero_grad(set_to_none=True)
+            est.estimate(field, sol.z).surrogate.backward()
+        out = {n: p.grad.detach().float().clone() for n, p in model.named_parameters()}
+        model.zero_grad(set_to_none=True)
+        return out
+
+    ref = grads(IFT(tol=1e-6, max_iter=1000), "fp32", 1e-6)
+    rows = []
+    for precision in PRECISIONS:
+        est = AsymEP(beta=cfg.beta, solver=Euler(cfg.eps), tol=cfg.nudge_tol,
+                     max_steps=cfg.nudge_max_steps)
+        cos, _ = gradient_cosine(grads(est, precision, cfg.free_tol), ref)
+        timing = bench_train_step(replace(cfg, precision=precision), seed)[0]
+        rows.append({"precision": precision, "cosine": cos, "step": timing["step"],
+                     "tflops": timing["tflops"]})
+    return rows
+
+
+def bench_relax_loop(cfg: TrainBenchConfig, steps: int = 50, seed: int = 0) -> list[dict]:
+    """Wall time of ``steps`` free Euler steps against the summed time of their GPU kernels
+    (launch gaps = wall / kernels), eager and with F compiled (CUDA graphs), and with the
+    host checking convergence every step or every 16 steps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.manual_seed(seed)
+    model = EquilibriumLM(cfg.model_config()).to(cfg.device)
+    tokens = torch.randint(0, cfg.vocab_size, (cfg.batch_size, cfg.seq_len), device=cfg.device)
+    field = model.field(tokens, tokens)
+    variants: dict[str, Callable] = {"eager": field}
+    try:
+        x = field.x
+
+        def force(z: torch.Tensor) -> torch.Tensor:
+            return model.force(z, x)
+
+        variants["compiled"] = torch.compile(force, mode="reduce-overhead", dynamic=False)
+    except Exception as e:  # compile unavailable: report the eager loop only
+        print(f"torch.compile unavailable: {type(e).__name__}: {e}")
+    rows = []
+    with precision_context(cfg.precision, cfg.device), torch.no_grad():
+        for name, F in variants.items():
+            for check_every in (1, 16):
+                def run() -> None:
+                    relax(F, field.initial_state(), Euler(cfg.eps), tol=1e-30,  # noqa: B023
+                          max_steps=steps, check_every=check_every)  # noqa: B023
+                try:
+                    for _ in range(3):
+                        run()
+                    _sync(cfg.device)
+                    t0 = time.perf_counter()
+                    run()
+                    _sync(cfg.device)
+                    wall = time.perf_counter() - t0
+                    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA]
+                                                     if cfg.device == "cuda" else [])
+                    with profile(activities=acts) as prof:
+                        run()
+                        _sync(cfg.device)
+                    kernels = sum(e.self_device_time_total for e in prof.key_averages()) / 1e6
+                except Exception as e:
+                    print(f"relax loop {name}/check_every={check_every} failed: {e}")
+                    continue
+                ratio = wall / kernels if kernels else float("nan")
+                rows.append({"variant": name, "check_every": check_every, "wall_s": wall,
+                             "kernel_s": kernels, "ratio": ratio,
+                             "ms_per_step": 1e3 * wall / steps})
+    return rows

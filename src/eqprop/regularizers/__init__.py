@@ -1,0 +1,10 @@
+"""Regularizers: Jacobian penalties at the free equilibrium (DESIGN.md §4)."""
+
+from .adaptive import AdaptiveWeight
+from .base import Regularizer, probes
+from .homeostasis import Homeostasis
+from .jacreg import JacReg
+from .registry import REGULARIZERS, AdaptiveConfig, RegularizerConfig, build_regularizer
+
+__all__ = ["REGULARIZERS", "AdaptiveConfig", "AdaptiveWeight", "Homeostasis", "JacReg",
+           "Regularizer", "RegularizerConfig", "build_regularizer", "probes"]

@@ -1,0 +1,186 @@
+"""The continuous-time reference: adaptive Runge–Kutta of ``dz/dt = F(z)`` (DESIGN.md §2).
+
+The analog emulator. Where the other solvers find ``z*`` as fast as they can, this
+one follows the flow the hardware would follow, with an error-controlled
+integrator (torchdiffeq), and reports when each sample settles.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor
+
+from ..errors import ConfigError
+from ..fields import FieldFn, evals_per_call
+from .base import Solution, Solver, SolverState, relax, sample_norm
+
+__all__ = ["ODE", "settling_time"]
+
+#: torchdiffeq methods with error control that the reference accepts
+METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
+
+
+@dataclass
+class ODE(Solver):
+    """Integrate ``dz/dt = F(z)`` over growing horizons with an adaptive Runge–Kutta method.
+
+    Step k integrates the whole batch over ``[t_k, t_k + Δ_k]``, ``Δ_k = t0 · growth^k``,
+    with ``torchdiffeq.odeint`` (Dormand–Prince 5(4) by default), and samples the
+    relative residual ``g(t) = ‖F(z(t))‖/‖z(t)‖`` at ``grid`` interior times of the
+    horizon (from the integrator's dense output) and at its end. The settling time
+    of a sample is the first time with ``g ≤ tol``, interpolated linearly in
+    ``log g`` between samples (exact for a single decaying mode); it is kept in
+    ``aux["t_settle"]`` (inf until then) and returned by :func:`settling_time`. The
+    continuous time reached is ``aux["t"]``.
+
+    Error control: the usual ``atol + rtol·|z|`` holds the stiff modes of an explicit
+    integrator at the tolerance level near the equilibrium, so the residual stalls
+    there (step sizes hover on the stability boundary). Each horizon instead uses
+    a pure absolute tolerance ``rtol · RMS(F(z_k))`` (the smallest over the samples
+    still relaxing), i.e. the local error relative to how far the state still has
+    to move: the trajectory is followed to relative accuracy ``rtol`` all the way
+    down, and each horizon restarts the scale.
+
+    The integrator's step size is shared by the batch (torchdiffeq controls one
+    error norm), so every sample is charged every evaluation: the right cost for a
+    reference, not a fast solver.
+
+    Args:
+        method: a torchdiffeq adaptive method (see ``METHODS``).
+        rtol: local error relative to the current speed ``RMS(F)``.
+        atol: absolute floor of the tolerance.
+        t0: first horizon, in units of the leak time constant (1 for ``c = -z + x``).
+        growth: factor by which each horizon is longer than the last (≥ 1).
+        grid: interior residual samples per horizon (each costs one evaluation of F).
+        tol: relative residual that counts as settled (use relax's ``tol``).
+        max_steps_per_horizon: integrator steps allowed per horizon; beyond (or on a
+            step-size underflow) the samples are marked non-finite.
+    """
+
+    method: str = "dopri5"
+    rtol: float = 1e-6
+    atol: float = 1e-12
+    t0: float = 1.0
+    growth: float = 1.5
+    grid: int = 8
+    tol: float = 1e-5
+    max_steps_per_horizon: int = 100_000
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"ODE(method={self.method!r}): allowed values are {', '.join(METHODS)}")
+        for name in ("rtol", "atol", "t0", "tol"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
+                raise ConfigError(f"ODE({name}={v!r}): must be a finite number > 0")
+        if not (isinstance(self.growth, (int, float)) and 1 <= self.growth < math.inf):
+            raise ConfigError(f"ODE(growth={self.growth!r}): must be a number ≥ 1")
+        if isinstance(self.grid, bool) or not isinstance(self.grid, int) or self.grid < 0:
+            raise ConfigError(f"ODE(grid={self.grid!r}): must be an integer ≥ 0")
+        m = self.max_steps_per_horizon
+        if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+            raise ConfigError(f"ODE(max_steps_per_horizon={m!r}): must be an integer ≥ 1")
+
+    def init(self, F: FieldFn, z0: Tensor) -> SolverState:
+        state = super().init(F, z0)
+        B, real = z0.shape[0], dict(dtype=z0.real.dtype, device=z0.device)
+        g0 = self._g(state.f, z0)
+        settled = torch.where(g0 <= self.tol, 0.0, math.inf).to(**real)
+        aux = {"t": torch.zeros(B, **real), "t_settle": settled,
+               "k": torch.zeros(B, dtype=torch.long, device=z0.device)}
+        return replace(state, aux=aux)
+
+    @staticmethod
+    def _g(f: Tensor, z: Tensor) -> Tensor:
+        return sample_norm(f) / sample_norm(z).clamp_min(torch.finfo(sample_norm(f).dtype).tiny)
+
+    def step(self, F: FieldFn, state: SolverState) -> SolverState:
+        from torchdiffeq import odeint  # lazy: keeps `import eqprop` light
+
+        z, aux = state.z, state.aux
+        k = int(aux["k"].max())  # every sample still relaxing has the same k
+        dt = self.t0 * self.growth**k
+        calls = [0]
+
+        def rhs(t: Tensor, y: Tensor) -> Tensor:
+            calls[0] += 1
+            return F(y)
+
+        ts = torch.linspace(0.0, dt, self.grid + 2, dtype=aux["t"].dtype, device=z.device)
+        # error control relative to the current speed, not to the state (see class doc)
+        speed = sample_norm(state.f) / math.sqrt(z[0].numel())  # (B,) RMS of F
+        atol = max(float(self.rtol * speed[aux["k"] == k].min()), self.atol)
+        try:
+            ys = odeint(rhs, z, ts, method=self.method, rtol=0.0, atol=atol,
+                        options={"max_num_steps": self.max_steps_per_horizon})
+        except AssertionError:  # step underflow or too many steps: the flow blew up
+            ys = torch.full((len(ts),) + tuple(z.shape), float("nan"), dtype=z.dtype,
+                            device=z.device)
+            ys[0] = z
+        fs = [state.f] + [F(y) for y in ys[1:]]  # residual samples along the horizon
+        gs = torch.stack([self._g(fi, yi) for fi, yi in zip(fs, ys)], 1)  # (B, grid+2)
+        t_settle = torch.minimum(aux["t_settle"], aux["t"] + self._crossing(gs, ts))
+        new_aux = {"t": aux["t"] + dt, "t_settle": t_settle, "k": aux["k"] + 1}
+        nfe = state.nfe + (calls[0] + self.grid + 1) * evals_per_call(F)
+        return SolverState(z=ys[-1], f=fs[-1], nfe=nfe, aux=new_aux)
+
+    def _crossing(self, gs: Tensor, ts: Tensor) -> Tensor:
+        """First time ``g ≤ tol`` on the horizon per sample (inf if none), log-linear."""
+        below = gs <= self.tol  # (B, P)
+        hit = below.any(1)
+        j = below.float().argmax(1).clamp_min(1)  # first index at/below tol (0 cannot be: g0 > tol)
+        g0 = gs.gather(1, (j - 1)[:, None])[:, 0].clamp_min(1e-300)
+        g1 = gs.gather(1, j[:, None])[:, 0].clamp_min(1e-300)
+        t0, t1 = ts[j - 1], ts[j]
+        frac = (math.log(self.tol) - g0.log()) / (g1.log() - g0.log())
+        frac = torch.nan_to_num(frac, nan=1.0).clamp(0.0, 1.0)
+        return torch.where(hit, t0 + frac * (t1 - t0), torch.full_like(t0, math.inf))
+
+
+def settling_time(F: FieldFn, z0: Tensor, ode: ODE | None = None, *,
+                  max_steps: int = 40) -> tuple[Tensor, Solution]:
+    """Continuous settling time of ``dz/dt = F(z)`` per sample: the analog emulator.
+
+    Runs :func:`~eqprop.solvers.base.relax` with the :class:`ODE` reference and
+    ``tol = ode.tol`` and returns, per sample, the first time at which
+    ``‖F(z(t))‖/‖z(t)‖ ≤ ode.tol``.
+
+    Args:
+        F: batched field.
+        z0: initial state ``(B, ...)``.
+        ode: the reference's settings (defaults of :class:`ODE` if None).
+        max_steps: horizons allowed (the time covered grows geometrically).
+
+    Returns:
+        ``(t_settle, solution)``: ``t_settle`` ``(B,)`` (inf where the sample did not
+        settle), and the :class:`~eqprop.solvers.base.Solution` of the run.
+    """
+    ode = ODE() if ode is None else ode
+    rec = _Recorder(ode)
+    sol = relax(F, z0, rec, tol=ode.tol, max_steps=max_steps)
+    t_settle = rec.aux["t_settle"]
+    # relax froze finished samples; a sample that ended unsettled reads inf
+    return torch.where(sol.converged, t_settle, torch.full_like(t_settle, math.inf)), sol
+
+
+class _Recorder(Solver):
+    """Passes steps through to an :class:`ODE` and remembers the last ``aux`` it produced."""
+
+    def __init__(self, inner: ODE):
+        self.inner = inner
+        self.aux: dict[str, Tensor] = {}
+
+    def init(self, F: FieldFn, z0: Tensor) -> SolverState:
+        state = self.inner.init(F, z0)
+        self.aux = state.aux
+        return state
+
+    def step(self, F: FieldFn, state: SolverState) -> SolverState:
+        new = self.inner.step(F, state)
+        # a finished sample keeps its settling time (relax freezes it after this call)
+        self.aux = dict(new.aux, t_settle=torch.minimum(new.aux["t_settle"],
+                                                         state.aux["t_settle"]))
+        return new

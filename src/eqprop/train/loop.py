@@ -1,0 +1,382 @@
+"""The training loop: free relaxation, gradient estimator, AdamW update (DESIGN.md §2, §3).
+
+One step: relax the free dynamics from the input drive to z* with the free-phase
+solver; let the estimator (asymep, ep, ift, bptt) turn z* into a surrogate
+scalar whose ``backward()`` fills ``.grad``; clip and apply AdamW. A step whose
+loss or gradient is NaN/Inf is skipped (and logged), never applied. Hook points
+for regularizer penalties and diagnostics trackers are marked in
+:meth:`Trainer.train_step`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ..data import Vocab, load_corpus
+from ..diagnostics.plots import plot_stability_history
+from ..errors import CheckpointError, ConfigError
+from ..gradients.registry import build_estimator
+from ..models import EquilibriumLM, LMField
+from ..solvers import Solution, relax
+from ..solvers.registry import build_solver
+from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .configio import save_config
+from .evaluation import evaluate
+from .generation import generate
+from .hooks import ConfigHooks
+from .metrics import MetricsLog, format_progress, status_counts
+from .plots import plot_metrics
+from .rundir import CONFIG_FILE, METRICS_FILE, PLOTS_DIR, SAMPLES_FILE, SUMMARY_FILE, new_run_dir
+from .schedule import lr_at
+
+__all__ = ["Penalty", "Tracker", "TrainSummary", "Trainer", "resolve_device", "train"]
+
+#: ``penalty(field, z_star, sol) -> scalar`` added to the surrogate (e.g. jacreg)
+Penalty = Callable[[LMField, Tensor, Solution], Tensor]
+#: ``tracker(model, field, z_star, step) -> {name: float}`` merged into the metrics record
+Tracker = Callable[[EquilibriumLM, LMField, Tensor, int], dict[str, float]]
+
+#: train CE in the summary: mean over this many last logged steps
+SUMMARY_WINDOW = 20
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; other names as given (checked)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"run.device={name!r} but CUDA is not available: use auto or cpu")
+    return torch.device(name)
+
+
+@dataclass
+class TrainSummary:
+    """The outcome of :func:`train`.
+
+    Attributes:
+        run_dir: where everything was written.
+        steps: updates done (including skipped ones).
+        skipped: updates skipped for non-finite loss or gradient.
+        train_ce: mean training CE over the last logged steps.
+        val_ce: last validation CE at the training solver's z*.
+        val_ce_ref: the same after the tight reference solve.
+        unigram_entropy: entropy of the training text's characters (nats): the bar to beat.
+        free_converged: fraction of free-phase relaxations that converged, whole run.
+        free_nfe: mean free-phase NFE per sample, whole run.
+        wall_time: seconds of training (all segments of a resumed run).
+    """
+
+    run_dir: Path
+    steps: int
+    skipped: int
+    train_ce: float | None
+    val_ce: float | None
+    val_ce_ref: float | None
+    unigram_entropy: float
+    free_converged: float
+    free_nfe: float
+    wall_time: float
+
+    def format(self) -> str:
+        """Human-readable summary lines."""
+        def f(v: float | None) -> str:
+            return "n/a" if v is None else f"{v:.3f}"
+        rate = self.steps / self.wall_time if self.wall_time > 0 else float("nan")
+        return "\n".join([
+            f"run            {self.run_dir}",
+            f"steps          {self.steps} ({self.skipped} skipped) in {self.wall_time:.1f} s "
+            f"({rate:.2f} steps/s)",
+            f"train CE       {f(self.train_ce)} nats (last {SUMMARY_WINDOW} steps)",
+            f"val CE         {f(self.val_ce)} nats at the training solver's z*, "
+            f"{f(self.val_ce_ref)} after the reference solve",
+            f"unigram        {self.unigram_entropy:.3f} nats (entropy of the characters: the "
+            "bar to beat)",
+            f"free phase     {100 * self.free_converged:.1f} % converged, "
+            f"mean NFE {self.free_nfe:.1f}",
+        ])
+
+
+class Trainer:
+    """Owns the model, optimizer, data stream, run directory and metrics of one run.
+
+    Args:
+        cfg: the resolved config.
+        resume: a run directory to continue exactly from its newest checkpoint.
+        penalty: optional regularizer (see :data:`Penalty`).
+        trackers: optional diagnostics (see :data:`Tracker`), called every
+            ``cfg.run.track_every`` steps.
+    """
+
+    def __init__(self, cfg: TrainConfig, *, resume: str | Path | None = None,
+                 penalty: Penalty | None = None, trackers: Sequence[Tracker] = ()):
+        if cfg.run.threads:
+            torch.set_num_threads(cfg.run.threads)
+        self.device = resolve_device(cfg.run.device)
+        ck = load_checkpoint(resume) if resume is not None else None
+        vocab = Vocab.from_dict(ck.state["vocab"]) if ck is not None else None
+        self.corpus = load_corpus(cfg.data, seq_len=cfg.model.seq_len, vocab=vocab)
+        self.cfg = cfg = replace(cfg, model=replace(cfg.model,
+                                                    vocab_size=len(self.corpus.vocab)))
+        self.unigram = self.corpus.unigram_entropy()
+        torch.manual_seed(cfg.run.seed)
+        self.model = EquilibriumLM(cfg.model)
+        self.data_gen = torch.Generator().manual_seed(cfg.run.seed)
+        self.step, self.skipped, self.elapsed = 0, 0, 0.0
+        self.penalty, self.trackers = penalty, list(trackers)
+        self.hooks = ConfigHooks(cfg.regularizer, cfg.tracking, cfg.solver.eps)
+        self.solver = build_solver(cfg.solver)
+        self.estimator = build_estimator(cfg.estimator, cfg.solver)
+        if ck is not None:
+            self.model = model_from_checkpoint(ck, cfg)
+        self.model.to(self.device)
+        self.optimizer = self._make_optimizer()
+        if ck is not None:
+            self._restore(ck)
+            self.run_dir = ck.run_dir
+        else:
+            self.run_dir = new_run_dir(cfg.run)
+        save_config(cfg, self.run_dir / CONFIG_FILE)
+        self.metrics = MetricsLog(self.run_dir / METRICS_FILE)
+        if ck is not None:
+            self.metrics.truncate_after(self.step)
+        self.val_last: dict[str, Any] = {}
+
+    # -- setup ---------------------------------------------------------------
+    def _make_optimizer(self) -> torch.optim.AdamW:
+        o = self.cfg.optim
+        decay = [p for _, p in self.model.named_parameters() if p.dim() >= 2]
+        no_decay = [p for _, p in self.model.named_parameters() if p.dim() < 2]
+        groups = [{"params": decay, "weight_decay": o.weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2))
+
+    def _rng_state(self) -> dict[str, Any]:
+        rng: dict[str, Any] = {"torch": torch.get_rng_state(), "data": self.data_gen.get_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return rng
+
+    def _restore(self, ck) -> None:
+        try:
+            self.optimizer.load_state_dict(ck.state["optimizer"])
+            torch.set_rng_state(ck.state["rng"]["torch"])
+            self.data_gen.set_state(ck.state["rng"]["data"])
+            if self.device.type == "cuda" and "cuda" in ck.state["rng"]:
+                torch.cuda.set_rng_state_all(ck.state["rng"]["cuda"])
+            extra = ck.state.get("extra", {})
+        except (KeyError, ValueError, RuntimeError, TypeError) as e:
+            raise CheckpointError(f"checkpoint of {str(ck.run_dir)!r} cannot be resumed: "
+                                  f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
+                                  ) from None
+        self.step = ck.step
+        self.skipped = int(extra.get("skipped", 0))
+        self.elapsed = float(extra.get("elapsed", 0.0))
+        self.hooks.load_state_dict(extra.get("hooks", {}))
+
+    # -- one step ------------------------------------------------------------
+    def train_step(self, tokens: Tensor, targets: Tensor) -> dict[str, Any]:
+        """One update on a batch ``tokens, targets (B, T)``; returns its metrics record."""
+        t0 = time.perf_counter()
+        self.model.train()
+        field = self.model.field(tokens, targets)
+        # 1. free phase: relax from the input drive to z*
+        sol = relax(field, field.initial_state(), self.solver, tol=self.cfg.solver.tol,
+                    max_steps=self.cfg.solver.max_steps)
+        # 2. the estimator's surrogate: its backward() fills .grad with the estimate
+        result = self.estimator.estimate(field, sol.z)
+        objective = result.surrogate
+        record: dict[str, Any] = {}
+        # ---- HOOK (regularizers): a penalty scalar added to the surrogate --------------
+        for hook in (self.penalty, self.hooks.penalty):
+            pen = None if hook is None else hook(field, sol.z, sol)
+            if pen is not None:
+                objective = objective + pen
+                record["penalty"] = record.get("penalty", 0.0) + float(pen.detach())
+        # ------------------------------------------------------------------------------
+        # 3. update (skipped when anything is non-finite)
+        self.optimizer.zero_grad(set_to_none=True)
+        objective.backward()
+        clip = self.cfg.optim.grad_clip or float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
+        loss = float(result.loss)
+        lr = lr_at(self.step, self.cfg.optim, self.cfg.schedule)
+        finite = math.isfinite(loss) and math.isfinite(grad_norm) and \
+            math.isfinite(record.get("penalty", 0.0))
+        if finite:
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            self.optimizer.step()
+        else:
+            self.skipped += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        B = tokens.shape[0]
+        nfe = {"free": float(sol.nfe.float().mean())}
+        nfe.update({k: float(v.float().mean()) for k, v in result.nfe.items()})
+        counts = sol.counts()
+        record = {
+            "step": self.step, "train_ce": loss, "lr": lr, "grad_norm": grad_norm,
+            "res_max": float(sol.rel_residual.max()), "res_mean": float(sol.rel_residual.mean()),
+            "nfe": nfe, "nfe_total": sum(nfe.values()), "status": counts,
+            "status_frac": {k: v / B for k, v in counts.items()}, **record,
+        }
+        if result.solutions:
+            record["nudge_status"] = status_counts(result.solutions.values())
+        if not finite:
+            record["skipped"] = True
+        # ---- HOOK (diagnostics): trackers' floats merged into the record --------------
+        if self.trackers and self.step % self.cfg.run.track_every == 0:
+            for tracker in self.trackers:
+                record.update(tracker(self.model, field, sol.z.detach(), self.step))
+        if self.hooks.active:  # config-built tracking: decides itself when it is due
+            record.update(self.hooks.track(self.model, field, sol.z.detach(), self.step))
+        # ------------------------------------------------------------------------------
+        record["step_time"] = time.perf_counter() - t0
+        return record
+
+    # -- periodic work -------------------------------------------------------
+    def validate(self) -> dict[str, Any]:
+        """Validation metrics on fixed batches (see :func:`~eqprop.train.evaluation.evaluate`)."""
+        self.model.eval()
+        out = evaluate(self.model, self.corpus, self.cfg.solver, self.cfg.eval,
+                       seed=self.cfg.run.seed, device=self.device)
+        self.val_last = out
+        return out
+
+    def checkpoint(self) -> None:
+        """Save a checkpoint now (refused, and logged, if a weight is non-finite)."""
+        try:
+            save_checkpoint(self.run_dir, model=self.model, optimizer=self.optimizer,
+                            step=self.step, vocab=self.corpus.vocab, config=self.cfg,
+                            rng=self._rng_state(),
+                            extra={"skipped": self.skipped, "elapsed": self.elapsed,
+                                   "hooks": self.hooks.state_dict()})
+        except CheckpointError as e:
+            self.metrics.append({"step": self.step, "event": "checkpoint_refused",
+                                 "detail": str(e)})
+
+    def plot(self) -> None:
+        """Redraw the PNG plots from ``metrics.jsonl``."""
+        records = self.metrics.read()
+        plot_metrics(records, self.run_dir / PLOTS_DIR,
+                     unigram_entropy=self.unigram, tol=self.cfg.solver.tol)
+        if any("eps_crit_min" in r for r in records):
+            plot_stability_history(records, self.run_dir / PLOTS_DIR / "stability.png",
+                                   eps=self.cfg.solver.eps)
+
+    def write_sample(self) -> None:
+        """Sample ``run.sample_tokens`` characters into ``samples.txt``."""
+        n = self.cfg.run.sample_tokens
+        if not n:
+            return
+        self.model.eval()
+        gen = torch.Generator().manual_seed(self.cfg.run.seed)
+        prompt = "\n" if "\n" in self.corpus.vocab.chars else self.corpus.vocab.chars[0]
+        g = generate(self.model, self.corpus.vocab, prompt, n, solver=self.solver,
+                     tol=self.cfg.solver.tol, max_steps=self.cfg.solver.max_steps,
+                     temperature=0.8, generator=gen)
+        with (self.run_dir / SAMPLES_FILE).open("a", encoding="utf-8") as f:
+            f.write(f"--- step {self.step}, temperature 0.8, prompt {prompt!r}, "
+                    f"mean NFE/char {g.mean_nfe:.1f}\n{prompt}{g.text}\n\n")
+
+    # -- the run -------------------------------------------------------------
+    def run(self) -> TrainSummary:
+        """Train to ``schedule.steps`` and return the summary."""
+        cfg, steps = self.cfg, self.cfg.schedule.steps
+        if cfg.run.progress:
+            tqdm.write(f"eqprop train: run directory {self.run_dir}", file=sys.stderr)
+        bar = tqdm(total=steps, initial=self.step, disable=not cfg.run.progress,
+                   dynamic_ncols=True, desc=self.run_dir.name, file=sys.stderr)
+        plotted = -1
+        try:
+            while self.step < steps:
+                t0 = time.perf_counter()
+                tokens, targets = self.corpus.get_batch("train", cfg.data.batch_size,
+                                                        cfg.model.seq_len, self.data_gen)
+                record = self.train_step(tokens.to(self.device), targets.to(self.device))
+                s, last = self.step, self.step == steps
+                do_eval = last or (cfg.eval.every > 0 and s % cfg.eval.every == 0)
+                if do_eval:
+                    record.update(self.validate())
+                self.elapsed += time.perf_counter() - t0
+                record["time"] = self.elapsed
+                if record.get("skipped"):
+                    self.metrics.append({"step": s, "event": "nonfinite",
+                                         "detail": f"loss {record['train_ce']}, grad norm "
+                                                   f"{record['grad_norm']}: update skipped"})
+                if do_eval or s % cfg.run.log_every == 0 or record.get("skipped"):
+                    self.metrics.append(record)
+                bar.set_postfix_str(format_progress(record), refresh=False)
+                bar.update(1)
+                if last or (cfg.run.ckpt_every > 0 and s % cfg.run.ckpt_every == 0):
+                    self.checkpoint()
+                if do_eval:
+                    self.plot()
+                    plotted = self.step
+        except KeyboardInterrupt:
+            bar.close()
+            print(f"eqprop train: interrupted at step {self.step}; continue from the last "
+                  f"checkpoint with: eqprop train --resume {self.run_dir}", file=sys.stderr)
+            raise
+        finally:
+            bar.close()
+        if not self.val_last:  # resumed at the end: nothing was validated in this process
+            self.validate()
+        if plotted != self.step:
+            self.plot()
+        self.write_sample()
+        summary = self.summary()
+        (self.run_dir / SUMMARY_FILE).write_text(
+            json.dumps({k: (str(v) if isinstance(v, Path) else v)
+                        for k, v in asdict(summary).items()}, indent=2) + "\n")
+        return summary
+
+    def summary(self) -> TrainSummary:
+        """Summary from the metrics written so far."""
+        records = [r for r in self.metrics.read() if "event" not in r]
+        ces = [r["train_ce"] for r in records if r.get("train_ce") is not None]
+        counts = status_counts([])
+        nfe_sum, n = 0.0, 0
+        for r in records:
+            for k, v in (r.get("status") or {}).items():
+                counts[k] = counts.get(k, 0) + v
+            if (r.get("nfe") or {}).get("free") is not None:
+                nfe_sum, n = nfe_sum + r["nfe"]["free"], n + 1
+        total = sum(counts.values())
+        tail = ces[-SUMMARY_WINDOW:]
+        return TrainSummary(
+            run_dir=self.run_dir, steps=self.step, skipped=self.skipped,
+            train_ce=sum(tail) / len(tail) if tail else None,
+            val_ce=self.val_last.get("val_ce"), val_ce_ref=self.val_last.get("val_ce_ref"),
+            unigram_entropy=self.unigram,
+            free_converged=counts["converged"] / total if total else 0.0,
+            free_nfe=nfe_sum / n if n else 0.0, wall_time=self.elapsed)
+
+
+def train(cfg: TrainConfig, *, resume: str | Path | None = None, penalty: Penalty | None = None,
+          trackers: Sequence[Tracker] = ()) -> TrainSummary:
+    """Train an equilibrium LM; everything is written into a new run directory.
+
+    Args:
+        cfg: the resolved config.
+        resume: continue this run directory exactly from its newest checkpoint
+            (``cfg`` should be its saved config; see :func:`eqprop.train.resume_config`).
+        penalty: optional ``penalty(field, z_star, sol) -> scalar`` added to the surrogate.
+        trackers: optional ``tracker(model, field, z_star, step) -> dict`` diagnostics.
+
+    Returns:
+        A :class:`TrainSummary`.
+    """
+    return Trainer(cfg, resume=resume, penalty=penalty, trackers=trackers).run()

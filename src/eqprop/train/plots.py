@@ -1,0 +1,141 @@
+"""PNG plots of a run's metrics (matplotlib's object API on the Agg canvas: no display,
+no global backend switch). Files are replaced atomically, so they can be watched."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from ..solvers.status import Status
+
+__all__ = ["PLOTS", "plot_metrics"]
+
+#: file names written by :func:`plot_metrics`
+PLOTS = ("ce.png", "residual.png", "nfe.png", "status.png")
+
+_STATUS_COLORS = {"converged": "tab:green", "contracting": "tab:blue", "cycling": "tab:orange",
+                  "diverged": "tab:red", "nonfinite": "black"}
+
+
+def _series(records: Sequence[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
+    pts = [(r["step"], r[key]) for r in records if r.get(key) is not None and "step" in r]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def _ema(values: list[float], alpha: float = 0.1) -> list[float]:
+    out, m = [], None
+    for v in values:
+        m = v if m is None else (1 - alpha) * m + alpha * v
+        out.append(m)
+    return out
+
+
+def _save(fig: Figure, path: Path) -> None:
+    FigureCanvasAgg(fig)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    tmp.replace(path)
+
+
+def _figure(title: str, ylabel: str) -> tuple[Figure, Any]:
+    fig = Figure(figsize=(6.4, 4.0), layout="constrained")
+    ax = fig.add_subplot()
+    ax.set_title(title)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    return fig, ax
+
+
+def _plot_ce(records, unigram: float | None, out: Path) -> None:
+    fig, ax = _figure("cross-entropy", "CE (nats)")
+    x, y = _series(records, "train_ce")
+    if x:
+        ax.plot(x, y, color="tab:blue", alpha=0.25, lw=0.8)
+        ax.plot(x, _ema(y), color="tab:blue", label="train (EMA)")
+    x, y = _series(records, "val_ce")
+    if x:
+        ax.plot(x, y, "o-", color="tab:orange", label="val, training solver")
+    x, y = _series(records, "val_ce_ref")
+    if x:
+        ax.plot(x, y, "x--", color="tab:red", label="val, reference solve")
+    if unigram is not None:
+        ax.axhline(unigram, color="gray", ls=":", label=f"unigram entropy {unigram:.2f}")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper right")
+    _save(fig, out)
+
+
+def _plot_residual(records, tol: float | None, out: Path) -> None:
+    fig, ax = _figure("free-phase relative residual ‖F(z)‖/‖z‖", "residual")
+    drawn = False
+    for key, label in (("res_max", "max over batch"), ("res_mean", "mean over batch")):
+        x, y = _series(records, key)
+        pos = [(a, b) for a, b in zip(x, y, strict=True) if b > 0]
+        if pos:
+            ax.plot([p[0] for p in pos], [p[1] for p in pos], lw=0.9, label=label)
+            drawn = True
+    if drawn:  # a log axis without data warns
+        ax.set_yscale("log")
+        if tol is not None:
+            ax.axhline(tol, color="gray", ls=":", label=f"tol {tol:g}")
+        ax.legend(loc="upper right")
+    _save(fig, out)
+
+
+def _plot_nfe(records, out: Path) -> None:
+    fig, ax = _figure("function evaluations per sample (F, JVP, VJP)", "NFE")
+    phases: list[str] = []
+    for r in records:
+        for k in r.get("nfe") or {}:
+            if k not in phases:
+                phases.append(k)
+    for k in phases:
+        pts = [(r["step"], r["nfe"][k]) for r in records
+               if (r.get("nfe") or {}).get(k) is not None]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=0.9, label=k)
+    if phases:
+        ax.legend(loc="upper right")
+    _save(fig, out)
+
+
+def _plot_status(records, out: Path) -> None:
+    fig, ax = _figure("free-phase status (fraction of samples)", "fraction")
+    rows = [r for r in records if r.get("status_frac")]
+    if rows:
+        x = [r["step"] for r in rows]
+        labels = [s.label for s in Status]
+        ys = [[r["status_frac"].get(lab, 0.0) for r in rows] for lab in labels]
+        ax.stackplot(x, ys, labels=labels, colors=[_STATUS_COLORS[lab] for lab in labels],
+                     alpha=0.8)
+        ax.set_ylim(0, 1)
+        ax.legend(loc="lower left", fontsize="small")
+    _save(fig, out)
+
+
+def plot_metrics(records: Sequence[dict[str, Any]], out_dir: str | Path, *,
+                 unigram_entropy: float | None = None, tol: float | None = None) -> list[Path]:
+    """Write the run's plots.
+
+    Args:
+        records: metrics records (see :mod:`eqprop.train.metrics`).
+        out_dir: folder for the PNGs (created).
+        unigram_entropy: drawn as the bar to beat on the CE plot.
+        tol: the free solver's tolerance, drawn on the residual plot.
+
+    Returns:
+        Paths of the files written (``PLOTS``).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    steps = [r for r in records if "event" not in r]
+    paths = [out / name for name in PLOTS]
+    _plot_ce(steps, unigram_entropy, paths[0])
+    _plot_residual(steps, tol, paths[1])
+    _plot_nfe(steps, paths[2])
+    _plot_status(steps, paths[3])
+    return paths
