@@ -7,7 +7,8 @@ only the penalty differs:
 - ``off``: no penalty;
 - ``fixed``: ``JacReg`` with a fixed weight;
 - ``adaptive``: ``JacReg`` with an :class:`~eqprop.regularizers.AdaptiveWeight`, fed each
-  step with the free phase's converged fraction and the latest ``1 - ε/ε_crit``.
+  step with the free phase's converged fraction and the latest ``1 - ε/ε_crit``
+  (``TrainConfig.regularizer`` and ``.tracking``: the same hooks as ``eqprop train``).
 
 Reported per arm: train CE at equal steps, final val CE, and on a fixed val batch
 at the end: ε_crit (eigenvalue route), the critical mode's damping ratio ``-a/|μ|``,
@@ -15,7 +16,7 @@ the largest Re μ, ``‖J_n‖²_F/dim`` (the penalty itself, many probes) and t
 continuous settling time of the ODE reference (a fine-step Euler if that is
 missing). Writes ``benchmarks/results/jacreg/{table.md, results.json, jacreg_study.png}``.
 
-Usage (the lead runs it, on the GPU machine for the full study)::
+Usage::
 
     python benchmarks/jacreg_study.py --steps 2000 --weight 0.05 --device auto
     python benchmarks/jacreg_study.py --quick          # a minute on CPU: smoke test
@@ -56,50 +57,17 @@ def parse_args() -> argparse.Namespace:
 
 def base_config(args: argparse.Namespace):
     """The one config all arms share (defaults of TrainConfig, plus the study's steps)."""
+    from eqprop.diagnostics.tracking import StabilityTracking
     from eqprop.train.config import TrainConfig
 
     cfg = TrainConfig()
     steps = 20 if args.quick else args.steps
     cfg = replace(cfg, schedule=replace(cfg.schedule, steps=steps,
                                         warmup=min(cfg.schedule.warmup, steps // 10)))
-    return replace(cfg, run=replace(cfg.run, seed=args.seed, device=args.device, track_every=1,
-                                    out_dir=str(args.out / "runs"), progress=not args.quick,
-                                    ckpt_every=max(steps, 1)))
-
-
-class Health:
-    """Shared between the penalty and the trackers: the latest ε_crit and the regularizer."""
-
-    def __init__(self, reg, eps: float, track_every: int):
-        self.reg, self.eps, self.track_every = reg, eps, track_every
-        self.margin: float | None = None
-
-    # the training loop's Penalty hook: (field, z_star, sol) -> scalar
-    def penalty(self, field, z_star, sol):
-        frac = float(sol.converged.float().mean())
-        self.reg.update(frac, self.margin)
-        return self.reg.term(field, z_star)
-
-    # a Tracker: logs (value, weight) every step and ε_crit every track_every steps
-    def tracker(self, model, field, z_star, step):
-        from eqprop.diagnostics import track_stability
-
-        out = dict(self.reg.metrics()) if self.reg is not None else {}
-        if step % self.track_every == 0:
-            stab = track_stability(model, field, z_star, samples=2)
-            out.update(stab)
-            ec = stab.get("eps_crit_min", float("nan"))
-            self.margin = 1.0 - self.eps / ec if ec > 0 else -math.inf
-        return out
-
-
-def make_regularizer(arm: str, weight: float):
-    from eqprop.regularizers import RegularizerConfig, build_regularizer
-
-    if arm == "off":
-        return None
-    return build_regularizer(RegularizerConfig(name="jacreg", weight=weight,
-                                               adaptive=arm == "adaptive"))
+    return replace(cfg, tracking=StabilityTracking(every=args.track_every, samples=2),
+                   run=replace(cfg.run, seed=args.seed, device=args.device,
+                               out_dir=str(args.out / "runs"), progress=not args.quick,
+                               ckpt_every=max(steps, 1)))
 
 
 def settle(field, z0):
@@ -153,15 +121,15 @@ def final_measures(trainer, args) -> dict[str, float | str]:
 
 
 def run_arm(arm: str, args) -> dict:
+    from eqprop.regularizers import RegularizerConfig
     from eqprop.train.loop import Trainer
 
     cfg = base_config(args)
-    cfg = replace(cfg, run=replace(cfg.run, name=f"jacreg-{arm}-s{args.seed}"))
-    reg = make_regularizer(arm, args.weight)
-    health = Health(reg, eps=cfg.solver.eps, track_every=args.track_every)
+    reg = RegularizerConfig(name="none" if arm == "off" else "jacreg", weight=args.weight,
+                            adaptive=arm == "adaptive")
+    cfg = replace(cfg, regularizer=reg, run=replace(cfg.run, name=f"jacreg-{arm}-s{args.seed}"))
     t0 = time.perf_counter()
-    trainer = Trainer(cfg, penalty=health.penalty if reg is not None else None,
-                      trackers=[health.tracker])
+    trainer = Trainer(cfg)  # the penalty and ε_crit tracking come from the config
     summary = trainer.run()
     wall = time.perf_counter() - t0
     records = [json.loads(line) for line in (summary.run_dir / "metrics.jsonl").open()]

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from eqprop import BPTT, EP, IFT, AsymEP, Euler, estimate_grads, gmres, gradient_cosine, relax
+from eqprop.errors import ConfigError
 from eqprop.gradients.registry import EstimatorConfig, build_estimator
 from eqprop.solvers.registry import SolverConfig
 from tests.conftest import tiny_problem
@@ -141,5 +142,5 @@ def test_registry_builds_every_estimator(name):
 
 
 def test_unknown_estimator_lists_the_valid_ones():
-    with pytest.raises(ValueError, match="allowed values are asymep, ep, ift, bptt"):
+    with pytest.raises(ConfigError, match="allowed values are asymep, ep, ift, bptt"):
         EstimatorConfig(name="adjoint")

@@ -7,6 +7,7 @@ import torch
 from torch.func import jacrev
 
 from eqprop import EquilibriumLM, Euler, ModelConfig, relax
+from eqprop.errors import ConfigError
 from eqprop.models.attention import causal_attention
 from tests.conftest import tiny_config, tiny_problem
 
@@ -100,13 +101,13 @@ def test_loss_is_per_sample_cross_entropy():
     ],
 )
 def test_bad_model_settings_name_the_value(overrides, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message):
         ModelConfig(**overrides)
 
 
 @pytest.mark.parametrize("eps", [-0.1, 0.0])
 def test_bad_euler_step_names_the_value(eps):
-    with pytest.raises(ValueError, match=rf"Euler\(eps={eps}\).*> 0"):
+    with pytest.raises(ConfigError, match=rf"Euler\(eps={eps}\).*> 0"):
         Euler(eps)
 
 

@@ -234,6 +234,16 @@ def test_anderson_is_per_sample():
     assert full.nfe[1] == one.nfe[0]
 
 
+@pytest.mark.parametrize("name", ["euler", "adaptive:pi", "adaptive:overshoot", "anderson",
+                                  "imex"])
+def test_complex_states_for_holomorphic_ep(name):
+    F = rotating_field(A_, B_, B=2)
+    Fc = LinearField(F.A.to(torch.complex128), F.z_fix.to(torch.complex128) * (1 + 0.5j))
+    sol = relax(Fc, Fc.z_fix + 1.0, ALL_SOLVERS[name](), tol=1e-10, max_steps=3000)
+    assert sol.converged.all(), sol.summary()
+    assert (sol.z - Fc.z_fix).abs().max() < 1e-8
+
+
 # -- ODE reference ------------------------------------------------------------------------
 
 
@@ -317,3 +327,30 @@ def test_bad_settings_raise_config_error_naming_the_value(make):
 
 def test_eps_crit_helper():
     assert math.isclose(eps_crit(-1.0, 4.0), 2 / 17)
+
+
+# -- the benchmark ------------------------------------------------------------------------
+
+
+def test_bench_solvers_smoke(tmp_path):
+    from eqprop.bench.solvers import SolverBenchConfig, bench_solvers, markdown_table
+    from eqprop.cli.main import main
+
+    cfg = SolverBenchConfig(cases=("stiff", "lm"), solvers=("euler@0.2", "newton"), peers=False,
+                            batch=2, max_nfe=300, stiff_dim=4, stiff_b=2.0, d_model=8,
+                            n_layers=1, seq_len=4, eps_crit_samples=1, flow_horizons=10,
+                            dtype="float64", threads=0, verbose=False)
+    results = bench_solvers(cfg)
+    assert [case for case, _, _ in results] == ["stiff", "lm"]
+    stiff = {r["solver"]: r for r in results[0][2]}
+    assert stiff["newton"]["reached"] == 1.0 and stiff["newton"]["flow"] == 1.0
+    assert "ε_crit at the flow's z*" in results[1][1]
+    table = markdown_table(results, cfg, command="eqprop bench solvers")
+    assert "| newton | 100 % | 100 % |" in table
+    out = tmp_path / "t.md"
+    assert main(["bench", "solvers", "--solvers.cases", "stiff", "--solvers.solvers", "newton",
+                 "--solvers.no-peers", "--solvers.batch", "1", "--solvers.stiff-dim", "4",
+                 "--solvers.threads", "0", "--solvers.out", str(out)]) == 0
+    assert "| newton |" in out.read_text()
+    with pytest.raises(ConfigError, match="allowed: euler"):
+        SolverBenchConfig(solvers=("rk4",))

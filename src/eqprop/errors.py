@@ -1,21 +1,31 @@
-"""Errors that the CLI reports as one line with exit code 2 (no traceback)."""
+"""Errors that the CLI reports as one line with exit code 2 (no traceback).
+
+They derive from :class:`Exception`, not :class:`ValueError`, on purpose: a
+``ValueError`` raised while tyro builds a config section is caught by tyro and
+drawn as a multi-line box; an :class:`EqpropError` passes through tyro untouched
+and the CLI prints it as one line (see :mod:`eqprop.cli.main`).
+"""
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "ConfigError", "DataError", "EqpropError"]
+__all__ = ["CheckpointError", "ConfigError", "DataError", "EqpropError", "StorageError"]
 
 
 class EqpropError(Exception):
     """Base of the user-facing errors: the message says what was wrong and what is allowed."""
 
 
-class ConfigError(EqpropError, ValueError):
+class ConfigError(EqpropError):
     """A setting has a value that is not allowed."""
 
 
-class DataError(EqpropError, ValueError):
+class DataError(EqpropError):
     """A data file is missing, empty, binary, not UTF-8, too short, or mismatches a vocabulary."""
 
 
 class CheckpointError(EqpropError):
     """A checkpoint is missing, truncated, corrupted, unsafe, or for another model."""
+
+
+class StorageError(EqpropError):
+    """A run directory or one of its files cannot be written (permissions, full disk)."""

@@ -1,9 +1,9 @@
 """``eqprop bench solvers``: relaxation solvers side by side on stiff problems (DESIGN.md §2).
 
 Cases: (i) ``stiff``: an analytic linear field with rotating modes ``a ± ib``
-(``|b| ≫ |a|``, known ε_crit and fixed point); (ii) ``lm``: an equilibrium LM, either
-a trained run directory or a fresh model whose W_Q, W_K are multiplied by
-``qk_scale`` (sharper attention). Per solver: the fraction of samples that reach
+(``|b| ≫ |a|``, known ε_crit and fixed point); (ii) ``lm``: a fresh equilibrium LM
+whose W_Q, W_K are multiplied by ``qk_scale`` (sharper attention); (iii) ``run``: the
+trained LM of a run directory, on validation text. Per solver: the fraction of samples that reach
 the relative residual ``tol``, their NFE (F, JVP and VJP evaluations) and the
 wall time of the batch. torchdeq's Anderson and Broyden (the optional ``peers``
 extra) run on the same problems, on the map ``G(z) = z + εF(z)``; their NFE per
@@ -14,16 +14,18 @@ sample is the number of evaluations until that sample's residual first reached
 from __future__ import annotations
 
 import math
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
 
 from ..errors import ConfigError
-from ..fields import Field
-from ..solvers.base import relax, sample_norm
+from ..fields import Field, FieldFn
+from ..solvers.base import Solver, SolverState, relax, sample_norm
 from ..solvers.registry import SOLVERS, SolverConfig, build_solver
+from ..solvers.status import Status
 
 __all__ = ["DEFAULT_SOLVERS", "CountingField", "SolverBenchConfig", "bench_solvers",
            "markdown_table", "stiff_field"]
@@ -33,7 +35,7 @@ DEFAULT_SOLVERS = ("euler@0.1", "euler", "adaptive:overshoot", "adaptive:ema", "
                    "adaptive:pi", "adaptive:doubling", "adaptive:ser", "adaptive:naive",
                    "anderson", "newton", "implicit", "ptc", "imex", "ode")
 PEERS = ("torchdeq-anderson", "torchdeq-broyden")
-CASES = ("stiff", "lm")
+CASES = ("stiff", "lm", "run")
 
 
 @dataclass
@@ -41,7 +43,8 @@ class SolverBenchConfig:
     """Settings of the solver benchmark.
 
     Args:
-        cases: which problems: ``stiff`` (analytic) and/or ``lm``.
+        cases: which problems: ``stiff`` (analytic), ``lm`` (a fresh LM with sharpened
+            attention), ``run`` (the trained model of ``run``; skipped without one).
         solvers: solver specs ``name[:controller][@eps]`` (names of ``SOLVERS``).
         peers: also run torchdeq's Anderson and Broyden (skipped with a note if
             torchdeq is not installed: ``pip install 'eqprop[peers]'``).
@@ -49,15 +52,17 @@ class SolverBenchConfig:
         max_nfe: evaluation budget per sample.
         eps: ε of Euler and of the map ``G = z + εF`` of Anderson and the peers.
         batch: samples per case.
-        run: a run directory or checkpoint for the lm case (else a synthetic model).
+        run: a run directory or checkpoint for the ``run`` case.
         qk_scale: factor on W_Q and W_K of the synthetic model.
         d_model, n_layers, seq_len: shape of the synthetic model.
         stiff_b: largest rotation rate |b| of the analytic field (a = -1).
         stiff_dim: dimension of the analytic field (even).
         eps_crit_samples: estimate ε_crit of the lm case on this many samples (0: skip).
+        flow_horizons: horizons of the ODE reference (the time covered grows 1.5× each).
         dtype: float32 or float64.
         threads: CPU threads for torch (0: leave as is).
         seed: seed of models, tokens and fields.
+        verbose: print one progress line per solver to stderr.
     """
 
     cases: tuple[str, ...] = CASES
@@ -75,9 +80,11 @@ class SolverBenchConfig:
     stiff_b: float = 20.0
     stiff_dim: int = 64
     eps_crit_samples: int = 4
+    flow_horizons: int = 14
     dtype: str = "float32"
     threads: int = 1
     seed: int = 0
+    verbose: bool = True
 
     def __post_init__(self) -> None:
         for c in self.cases:
@@ -93,7 +100,7 @@ class SolverBenchConfig:
                 raise ConfigError(f"bench {name}={v!r}: must be a finite number > 0")
         for name, low in (("max_nfe", 1), ("batch", 1), ("d_model", 2), ("n_layers", 1),
                           ("seq_len", 2), ("stiff_dim", 4), ("eps_crit_samples", 0),
-                          ("threads", 0)):
+                          ("flow_horizons", 1), ("threads", 0)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise ConfigError(f"bench {name}={v!r}: must be an integer ≥ {low}")
@@ -150,6 +157,22 @@ class CountingField(Field):
         return self._count(z, self.field.forward_for_jvp(z))
 
 
+class _Budgeted(Solver):
+    """Stops a solver once its counted field has spent the budget: the samples still
+    relaxing get a NaN residual, so that relax ends them (as non-finite)."""
+
+    def __init__(self, inner: Solver, counted: CountingField):
+        self.inner, self.counted = inner, counted
+
+    def init(self, F: FieldFn, z0: Tensor) -> SolverState:
+        return self.inner.init(F, z0)
+
+    def step(self, F: FieldFn, state: SolverState) -> SolverState:
+        if self.counted.calls >= self.counted.budget:
+            return replace(state, f=torch.full_like(state.f, float("nan")))
+        return self.inner.step(F, state)
+
+
 def stiff_field(dim: int, b_max: float, B: int, seed: int, dtype: torch.dtype) -> Field:
     """``F(z) = A (z - z*)``: ``dim/2`` rotating modes ``-a_k ± i b_k`` (``a_k`` in [0.1, 1],
     ``b_k`` log-spaced up to ``b_max``), mixed by a random orthogonal basis; ``z*`` random."""
@@ -177,11 +200,12 @@ class _Linear(Field):
         return -(z - self.z_fix)
 
 
-def _lm_case(cfg: SolverBenchConfig, dtype: torch.dtype) -> tuple[Field, Tensor, str]:
+def _lm_case(cfg: SolverBenchConfig, dtype: torch.dtype,
+             trained: bool) -> tuple[Field, Tensor, str]:
     from ..models import EquilibriumLM, ModelConfig
 
     gen = torch.Generator().manual_seed(cfg.seed)
-    if cfg.run is not None:
+    if trained:
         from ..data.corpus import load_corpus
         from ..train.checkpoint import load_run  # lazy: the training package is heavy
 
@@ -212,15 +236,22 @@ def _lm_case(cfg: SolverBenchConfig, dtype: torch.dtype) -> tuple[Field, Tensor,
 def _run_ours(spec: str, F: Field, z0: Tensor, cfg: SolverBenchConfig) -> dict:
     name, controller, eps = parse_spec(spec)
     sc = SolverConfig(name=name, eps=cfg.eps if eps is None else eps, tol=cfg.tol,
-                      controller=controller or "overshoot", eps_max=2.0)
+                      **({"controller": controller} if controller else {}))
     counted = CountingField(F, budget=cfg.max_nfe)
     t = time.perf_counter()
-    sol = relax(counted, z0, build_solver(sc), tol=cfg.tol, max_steps=cfg.max_nfe)
+    solver = _Budgeted(build_solver(sc), counted)
+    sol = relax(counted, z0, solver, tol=cfg.tol, max_steps=cfg.max_nfe)
     wall = time.perf_counter() - t
     reached = sol.converged & (sol.nfe <= cfg.max_nfe)
+    # once the budget is spent, _Budgeted ends every sample still relaxing as non-finite
+    spent = counted.calls >= counted.budget
+    cut = ~sol.converged & (sol.status == Status.NONFINITE) & spent
     counts = {k: v for k, v in sol.counts().items() if v and k != "converged"}
-    return _row(spec, reached, sol.nfe, wall, ", ".join(f"{k} {v}" for k, v in counts.items()),
-                sol.z)
+    if int(cut.sum()):
+        counts["nonfinite"] = counts.get("nonfinite", 0) - int(cut.sum())
+        counts["out of budget"] = int(cut.sum())
+    note = ", ".join(f"{k} {v}" for k, v in counts.items() if v)
+    return _row(spec, reached, sol.nfe, wall, note, sol.z)
 
 
 def _run_peer(kind: str, F: Field, z0: Tensor, cfg: SolverBenchConfig) -> dict:
@@ -253,27 +284,36 @@ def _row(name: str, reached: Tensor, nfe: Tensor, wall: float, note: str, z: Ten
             "nfe_mean": float(n.mean()) if n.numel() else math.nan,
             "nfe_median": float(n.median()) if n.numel() else math.nan,
             "nfe_max": int(n.max()) if n.numel() else -1, "wall_s": wall, "note": note,
-            "_z": z.detach(), "_reached": reached}
+            "z": z.detach(), "reached_mask": reached}
 
 
-def _eps_crit_note(F: Field, rows: list[dict], k: int) -> str:
-    """ε_crit at the equilibria found (first k samples that some solver converged on)."""
+def _flow_reference(F: Field, z0: Tensor, cfg: SolverBenchConfig) -> tuple[Tensor, Tensor]:
+    """Where the continuous flow settles: the ODE reference (the analog emulator).
+
+    Returns ``(z_ref, settled)``; a solver's sample "follows the flow" when it reached
+    ``tol`` within ``FLOW_RTOL`` of ``z_ref``. Root finders and large steps can land on
+    another equilibrium (possibly a saddle), which the hardware would not reach."""
+    from ..solvers.ode import ODE, settling_time
+
+    _, sol = settling_time(F, z0, ODE(tol=cfg.tol, rtol=1e-4), max_steps=cfg.flow_horizons)
+    return sol.z, sol.converged
+
+
+#: relative distance to the flow's equilibrium within which a solution agrees with it
+FLOW_RTOL = 1e-3
+
+
+def _eps_crit_note(F: Field, z_ref: Tensor, settled: Tensor, k: int) -> str:
+    """ε_crit at the flow's equilibria (the first ``k`` settled samples), via diagnostics."""
     from ..diagnostics import eps_crit  # lazy: ARPACK via scipy
 
-    zs = [r for r in rows if "_z" in r]
-    if not zs or k == 0:
+    idx = settled.nonzero().flatten()[:k]
+    if idx.numel() == 0 or not hasattr(F, "model"):
         return ""
-    best = max(zs, key=lambda r: float(r["reached"]))
-    idx = best["_reached"].nonzero().flatten()[:k]
-    if idx.numel() == 0:
-        return "ε_crit: no sample converged"
-    sub = F.model.field(F.tokens[idx]) if hasattr(F, "model") else None
-    if sub is None:
-        return ""
-    ec = eps_crit(sub, best["_z"][idx], bisect=False)
+    ec = eps_crit(F.model.field(F.tokens[idx]), z_ref[idx], bisect=False)
     vals = ", ".join(f"{v:.3f}" for v in ec.eig.tolist())
-    return (f"ε_crit at z* ({best['solver']}'s solution, {idx.numel()} samples): {vals}; "
-            f"max Re μ {float(ec.max_real.max()):.3f}")
+    return (f"ε_crit at the flow's z* of {idx.numel()} samples: {vals} "
+            f"(max Re μ {float(ec.max_real.max()):.3f})")
 
 
 def bench_solvers(cfg: SolverBenchConfig) -> list[tuple[str, str, list[dict]]]:
@@ -281,8 +321,10 @@ def bench_solvers(cfg: SolverBenchConfig) -> list[tuple[str, str, list[dict]]]:
 
     Returns:
         ``[(case, description, rows)]``; each row a dict with ``solver``, ``reached``
-        (fraction of samples at ``tol``), ``nfe_mean``/``nfe_median``/``nfe_max`` over
-        those samples, ``wall_s`` and a ``note`` (or ``skipped``).
+        (fraction of samples at ``tol``), ``flow`` (fraction at ``tol`` on the
+        equilibrium the continuous flow settles on), ``nfe_mean``/``nfe_median``/
+        ``nfe_max`` over the samples that reached ``tol``, ``wall_s`` and a ``note``
+        (or ``skipped``).
     """
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -295,14 +337,33 @@ def bench_solvers(cfg: SolverBenchConfig) -> list[tuple[str, str, list[dict]]]:
             ec = 2 * 0.1 / (0.01 + cfg.stiff_b**2)  # slowest-damped mode has the largest b
             desc = (f"linear, {cfg.stiff_dim // 2} modes a ∈ [-1, -0.1], |b| ≤ {cfg.stiff_b:g}, "
                     f"ε_crit = {ec:.2e}, batch {cfg.batch}")
+            z_ref, settled = F.z_fix, torch.ones(cfg.batch, dtype=torch.bool)
+        elif case == "run" and cfg.run is None:
+            out.append((case, "skipped: no --solvers.run given", []))
+            continue
         else:
-            F, z0, desc = _lm_case(cfg, dtype)
-        rows = [_run_ours(s, F, z0, cfg) for s in cfg.solvers]
-        if cfg.peers:
-            rows += [_run_peer(p, F, z0, cfg) for p in PEERS]
-        if case == "lm" and cfg.eps_crit_samples:
-            note = _eps_crit_note(F, rows, cfg.eps_crit_samples)
-            desc = f"{desc}; {note}" if note else desc
+            F, z0, desc = _lm_case(cfg, dtype, trained=case == "run")
+            t = time.perf_counter()
+            z_ref, settled = _flow_reference(F, z0, cfg)
+            desc += (f"; the flow (ODE reference, {time.perf_counter() - t:.0f} s) settles "
+                     f"{int(settled.sum())}/{cfg.batch} samples")
+            if cfg.eps_crit_samples:
+                note = _eps_crit_note(F, z_ref, settled, cfg.eps_crit_samples)
+                desc = f"{desc}; {note}" if note else desc
+        rows = []
+        for spec in cfg.solvers + (PEERS if cfg.peers else ()):
+            run = _run_peer if spec in PEERS else _run_ours
+            r = run(spec, F, z0, cfg)
+            if "skipped" not in r:
+                dist = sample_norm(r["z"] - z_ref) / sample_norm(z_ref)
+                r["flow"] = float((r["reached_mask"] & settled & (dist <= FLOW_RTOL))
+                                  .double().mean())
+            rows.append(r)
+            if cfg.verbose:
+                print(f"[bench {case}] {spec}: " + (f"skipped ({r['skipped']})" if "skipped" in r
+                      else f"{100 * r['reached']:.0f} % ({100 * r['flow']:.0f} % on the flow's "
+                           f"z*) at {r['nfe_mean']:.0f} NFE, {r['wall_s']:.1f} s"),
+                      file=sys.stderr, flush=True)
         out.append((case, desc, rows))
     return out
 
@@ -315,18 +376,27 @@ def markdown_table(results: list[tuple[str, str, list[dict]]], cfg: SolverBenchC
         lines += ["```", command, "```", ""]
     lines += [f"Relative residual target {cfg.tol:g}, budget {cfg.max_nfe} evaluations per "
               f"sample, ε = {cfg.eps:g} for Euler/Anderson/peers, {cfg.dtype}, "
-              f"{torch.get_num_threads()} CPU thread(s). NFE: mean / median / max over the "
-              "samples that reached the target (F, JVP and VJP each count 1).", ""]
+              f"{torch.get_num_threads()} CPU thread(s). \"reached\": samples at the target; "
+              "\"on the flow's z*\": at the target within a relative distance "
+              f"{FLOW_RTOL:g} of the equilibrium where the continuous flow (ODE reference) "
+              "settles, i.e. where the hardware would settle. NFE: mean / median / max over "
+              "the samples that reached the target (F, JVP and VJP each count 1).", ""]
     for case, desc, rows in results:
+        if not rows:
+            lines += [f"## {case}: {desc}", ""]
+            continue
         lines += [f"## {case}: {desc}", "",
-                  "| solver | reached | NFE mean | NFE median | NFE max | wall s | notes |",
-                  "|---|---:|---:|---:|---:|---:|---|"]
+                  "| solver | reached | on the flow's z* | NFE mean | NFE median | NFE max "
+                  "| wall s | notes |",
+                  "|---|---:|---:|---:|---:|---:|---:|---|"]
         for r in rows:
             if "skipped" in r:
-                lines.append(f"| {r['solver']} | – | – | – | – | – | skipped: {r['skipped']} |")
+                lines.append(f"| {r['solver']} | – | – | – | – | – | – | "
+                             f"skipped: {r['skipped']} |")
                 continue
-            lines.append(f"| {r['solver']} | {100 * r['reached']:.0f} % | {r['nfe_mean']:.0f} | "
-                         f"{r['nfe_median']:.0f} | {r['nfe_max']} | {r['wall_s']:.2f} | "
-                         f"{r['note']} |")
+            nfe = (f"{r['nfe_mean']:.0f} | {r['nfe_median']:.0f} | {r['nfe_max']}"
+                   if r["reached"] else "– | – | –")
+            lines.append(f"| {r['solver']} | {100 * r['reached']:.0f} % | "
+                         f"{100 * r['flow']:.0f} % | {nfe} | {r['wall_s']:.2f} | {r['note']} |")
         lines.append("")
     return "\n".join(lines)

@@ -11,6 +11,7 @@ import tyro
 
 from ..data import load_corpus
 from ..train import evaluate, load_run
+from ..train.config import check_device, check_seed
 from ..train.loop import resolve_device
 
 __all__ = ["Args", "run"]
@@ -43,6 +44,8 @@ def _counts(c: dict[str, int]) -> str:
 
 def run(args: Args) -> int:
     """Evaluate and print; returns the exit code."""
+    check_device(args.device, "--device")
+    check_seed(args.seed, "--seed")
     device = resolve_device(args.device)
     loaded = load_run(args.run, device=device)
     cfg = loaded.config

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass
 from typing import Annotated
@@ -12,6 +13,7 @@ import tyro
 from ..errors import ConfigError
 from ..solvers.registry import build_solver
 from ..train import generate, load_run
+from ..train.config import check_device, check_seed
 from ..train.loop import resolve_device
 
 __all__ = ["Args", "run"]
@@ -44,10 +46,12 @@ def run(args: Args) -> int:
     """Generate and print the prompt and its continuation; statistics go to stderr."""
     if args.tokens < 1:
         raise ConfigError(f"--tokens={args.tokens}: must be a positive integer")
-    if args.temperature < 0:
-        raise ConfigError(f"--temperature={args.temperature}: must be ≥ 0")
+    if not 0 <= args.temperature < math.inf:
+        raise ConfigError(f"--temperature={args.temperature}: must be a finite number ≥ 0")
     if args.top_k is not None and args.top_k < 1:
         raise ConfigError(f"--top-k={args.top_k}: must be a positive integer")
+    check_device(args.device, "--device")
+    check_seed(args.seed, "--seed")
     loaded = load_run(args.run, device=resolve_device(args.device))
     s = loaded.config.solver
     if loaded.config.run.threads:  # as in training: small models run best on one
@@ -58,6 +62,11 @@ def run(args: Args) -> int:
                  generator=torch.Generator().manual_seed(args.seed))
     print(args.prompt + g.text)
     status = ", ".join(f"{k} {v}" for k, v in g.status.items() if v)
+    if g.stopped:  # what was generated is printed; the failure is the one error line
+        print(f"eqprop sample: error: {g.stopped} after {len(g.text)} characters ({s.name} "
+              f"eps={s.eps:g}): this checkpoint does not settle with its solver",
+              file=sys.stderr)
+        return 2
     print(f"eqprop sample: {args.tokens} characters, mean NFE per character {g.mean_nfe:.1f} "
           f"({'warm' if args.warm_start else 'cold'} start); relaxations: {status}",
           file=sys.stderr)

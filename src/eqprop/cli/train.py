@@ -3,7 +3,11 @@
 Every flag comes from :class:`~eqprop.train.TrainConfig` (``--model.d-model``,
 ``--solver.eps``, ``--estimator.name``, ...). ``--config FILE`` (TOML, YAML or
 JSON) replaces the defaults; flags override the file. ``--resume RUN`` continues
-a run exactly from its newest checkpoint, with its saved config.
+a run exactly from its newest checkpoint, with its saved config. Exit codes: 0
+done, 2 a rejected setting or file (one line on stderr), 3 stopped early by the wall
+guard (``--guard.policy stop``, or ``escalate`` once its ladder is used up). Under
+``torchrun --nproc_per_node=N -m eqprop train ...`` every process trains on its own
+batches and rank 0 writes the run (see :mod:`eqprop.train.distributed`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import tyro
 from ..errors import ConfigError
 from ..train import TrainConfig, resume_config, train
 from ..train.configio import config_to_dict, flatten, load_config_file, resolve_config
+from ..train.distributed import is_main_process
 
 __all__ = ["Args", "run"]
 
@@ -47,13 +52,17 @@ def run(args: Args) -> int:
         cfg = resolve_config(args.train, saved)
         before, after = flatten(saved), flatten(config_to_dict(cfg))
         changed = [f"{k} {before[k]!r} -> {v!r}" for k, v in after.items() if before.get(k) != v]
-        if changed:
+        if changed and is_main_process():
             print(f"eqprop train: resuming with changed settings: {'; '.join(changed)}",
                   file=sys.stderr)
     elif args.config is not None:
         cfg = resolve_config(args.train, load_config_file(args.config))
     else:
         cfg = args.train
-    summary = train(cfg, resume=args.resume)
-    print(summary.format())
-    return 0
+    summary = train(cfg, resume=args.resume)  # under torchrun: every rank trains
+    if is_main_process():
+        print(summary.format())
+        if summary.stopped:
+            print(f"eqprop train: {summary.stopped}; after changing the settings, continue "
+                  f"with: eqprop train --resume {summary.run_dir}", file=sys.stderr)
+    return 3 if summary.stopped else 0

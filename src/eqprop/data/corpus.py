@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -18,6 +19,10 @@ from .vocab import Vocab
 __all__ = ["SPLITS", "Corpus", "DataConfig", "load_corpus", "read_text_file"]
 
 SPLITS = ("train", "val")
+#: control characters (other than tab, line and page breaks) that mark a file as binary
+_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f]")
+#: more than this fraction of control characters: the file is binary, not text
+MAX_CONTROL_FRACTION = 0.01
 #: the text sources a DataConfig can name, for error messages
 ALLOWED = "a non-empty UTF-8 text file, or no path for the default Shakespeare corpus"
 
@@ -38,8 +43,10 @@ class DataConfig:
     batch_size: int = 16
 
     def __post_init__(self) -> None:
-        if self.path is not None and not (isinstance(self.path, str) and self.path):
-            raise ConfigError(f"data.path={self.path!r}: give a file path, or leave it unset")
+        if self.path is not None and not (isinstance(self.path, str) and self.path
+                                          and self.path.isprintable()):
+            raise ConfigError(f"data.path={self.path!r}: give a file path (printable "
+                              "characters), or leave it unset")
         if not (isinstance(self.val_fraction, (int, float)) and 0 < self.val_fraction <= 0.5):
             raise ConfigError(f"data.val_fraction={self.val_fraction!r}: must be in (0, 0.5]")
         if not (isinstance(self.batch_size, int) and not isinstance(self.batch_size, bool)
@@ -108,11 +115,13 @@ def read_text_file(path: str | Path) -> str:
         DataError: missing, not a file, unreadable, empty, binary or not UTF-8.
     """
     p = Path(path)
-    if not p.exists():
-        raise DataError(f"data file {str(p)!r} does not exist; give {ALLOWED}")
-    if not p.is_file():
-        raise DataError(f"data path {str(p)!r} is not a file; give {ALLOWED}")
+    if "\0" in str(p):
+        raise DataError(f"data path {str(p)!r} has a NUL character; give {ALLOWED}")
     try:
+        if not p.exists():
+            raise DataError(f"data file {str(p)!r} does not exist; give {ALLOWED}")
+        if not p.is_file():
+            raise DataError(f"data path {str(p)!r} is not a file; give {ALLOWED}")
         raw = p.read_bytes()
     except OSError as e:
         raise DataError(f"data file {str(p)!r} cannot be read ({e.strerror}); "
@@ -126,6 +135,10 @@ def read_text_file(path: str | Path) -> str:
     except UnicodeDecodeError as e:
         raise DataError(f"data file {str(p)!r} is not UTF-8 (byte 0x{raw[e.start]:02x} at "
                         f"offset {e.start}); give {ALLOWED}") from None
+    control = len(_CONTROL.findall(text))
+    if control > MAX_CONTROL_FRACTION * len(text):
+        raise DataError(f"data file {str(p)!r} is binary ({control} of {len(text)} characters "
+                        f"are control characters); give {ALLOWED}")
     return text.replace("\r\n", "\n")
 
 

@@ -10,7 +10,7 @@ from torch import Tensor
 from ..errors import ConfigError
 from ..fields import FieldFn
 from .base import Solver, SolverState, bcast, sample_norm
-from .controllers import Controller, Overshoot, StepInfo
+from .controllers import Controller, HeunPI, StepInfo
 
 __all__ = ["AdaptiveEuler"]
 
@@ -29,11 +29,13 @@ class AdaptiveEuler(Solver):
     ε lives in ``state.eps`` ``(B,)``, the controller's memory in ``state.aux``.
 
     Args:
-        controller: a :class:`~eqprop.solvers.controllers.Controller`.
+        controller: a :class:`~eqprop.solvers.controllers.Controller` (default: the
+            embedded Euler–Heun PI controller, the one that follows the flow most
+            cheaply in ``benchmarks/results/solvers_cpu.md``).
         eps0: first ε of every sample (clipped to the controller's range).
     """
 
-    controller: Controller = field(default_factory=Overshoot)
+    controller: Controller = field(default_factory=HeunPI)
     eps0: float = 0.1
 
     def __post_init__(self) -> None:

@@ -143,7 +143,8 @@ class IMEX(Solver):
     plus the drive ``d`` (the input x for layer 1 and the state of the layer below
     for layer l > 1; for the energy block also the layer above). The step is
 
-        z_(k+1) = z_k + h (c(z_(k+1)) + n(z_k)),  i.e.  (1 + h) z_(k+1) = z_k + h (d(z_(k+1)) + n(z_k))
+        z_(k+1) = z_k + h (c(z_(k+1)) + n(z_k)),
+        i.e.  (1 + h) z_(k+1) = z_k + h (d(z_(k+1)) + n(z_k))
 
     solved by the fixed-point iteration ``w ← (z_k + h (d(w) + n_k)) / (1 + h)`` on the
     cheap affine part (no attention): for the causal stack d couples a layer to the

@@ -84,12 +84,12 @@ class NewtonKrylov(Solver):
         max_backtracks: step halvings per line search.
     """
 
-    eta0: float = 0.5
+    eta0: float = 0.1
     eta_max: float = 0.9
     gamma: float = 0.9
     alpha: float = 2.0
-    restart: int = 30
-    max_krylov: int = 60
+    restart: int = 60
+    max_krylov: int = 120
     c: float = 1e-4
     max_backtracks: int = 8
 

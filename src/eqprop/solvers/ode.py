@@ -42,7 +42,8 @@ class ODE(Solver):
     a pure absolute tolerance ``rtol · RMS(F(z_k))`` (the smallest over the samples
     still relaxing), i.e. the local error relative to how far the state still has
     to move: the trajectory is followed to relative accuracy ``rtol`` all the way
-    down, and each horizon restarts the scale.
+    down, and each horizon restarts the scale. The tolerance never goes below
+    ``8·ulp·RMS(z)`` (in float32 the error estimate is rounding noise below that).
 
     The integrator's step size is shared by the batch (torchdiffeq controls one
     error norm), so every sample is charged every evaluation: the right cost for a
@@ -71,7 +72,8 @@ class ODE(Solver):
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
-            raise ConfigError(f"ODE(method={self.method!r}): allowed values are {', '.join(METHODS)}")
+            raise ConfigError(f"ODE(method={self.method!r}): allowed values are "
+                              f"{', '.join(METHODS)}")
         for name in ("rtol", "atol", "t0", "tol"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
@@ -111,8 +113,12 @@ class ODE(Solver):
 
         ts = torch.linspace(0.0, dt, self.grid + 2, dtype=aux["t"].dtype, device=z.device)
         # error control relative to the current speed, not to the state (see class doc)
-        speed = sample_norm(state.f) / math.sqrt(z[0].numel())  # (B,) RMS of F
-        atol = max(float(self.rtol * speed[aux["k"] == k].min()), self.atol)
+        live = aux["k"] == k
+        n = math.sqrt(z[0].numel())
+        speed = sample_norm(state.f)[live].min() / n  # RMS of F, slowest live sample
+        # below a few ulps of the state the error estimate is rounding noise
+        floor = 8 * torch.finfo(z.dtype).eps * sample_norm(z)[live].max() / n
+        atol = max(float(self.rtol * speed), float(floor), self.atol)
         try:
             ys = odeint(rhs, z, ts, method=self.method, rtol=0.0, atol=atol,
                         options={"max_num_steps": self.max_steps_per_horizon})
@@ -121,7 +127,7 @@ class ODE(Solver):
                             device=z.device)
             ys[0] = z
         fs = [state.f] + [F(y) for y in ys[1:]]  # residual samples along the horizon
-        gs = torch.stack([self._g(fi, yi) for fi, yi in zip(fs, ys)], 1)  # (B, grid+2)
+        gs = torch.stack([self._g(fi, yi) for fi, yi in zip(fs, ys, strict=True)], 1)  # (B, grid+2)
         t_settle = torch.minimum(aux["t_settle"], aux["t"] + self._crossing(gs, ts))
         new_aux = {"t": aux["t"] + dt, "t_settle": t_settle, "k": aux["k"] + 1}
         nfe = state.nfe + (calls[0] + self.grid + 1) * evals_per_call(F)

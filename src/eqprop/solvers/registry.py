@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from ..errors import ConfigError
 from .adaptive import AdaptiveEuler
@@ -35,6 +35,8 @@ class SolverConfig:
             ``eqprop.solvers.controllers.CONTROLLERS``).
         eps_min: smallest ε the controller may choose.
         eps_max: largest ε the controller may choose.
+        controller_rtol: local error per unit step length allowed by the error
+            controllers (pi, doubling); None keeps each controller's default.
         anderson_m: anderson's history size.
         anderson_beta: anderson's mixing, in (0, 1].
         anderson_lam: anderson's ridge, relative to the history.
@@ -47,9 +49,10 @@ class SolverConfig:
     eps: float = 0.5
     tol: float = 1e-4
     max_steps: int = 200
-    controller: str = "overshoot"
+    controller: str = "pi"
     eps_min: float = 1e-3
-    eps_max: float = 1.0
+    eps_max: float = 2.0
+    controller_rtol: float | None = None
     anderson_m: int = 5
     anderson_beta: float = 1.0
     anderson_lam: float = 1e-4
@@ -69,9 +72,13 @@ class SolverConfig:
                 raise ConfigError(f"solver {name}={v!r}: must be a finite number > 0")
         if not (isinstance(self.max_steps, int) and self.max_steps >= 1):
             raise ConfigError(f"solver max_steps={self.max_steps!r}: must be an integer ≥ 1")
+        r = self.controller_rtol
+        if r is not None and not (isinstance(r, (int, float)) and 0 < r < math.inf):
+            raise ConfigError(f"solver controller_rtol={r!r}: must be a finite number > 0 "
+                              "(or None for the controller's default)")
         if self.eps_min > self.eps_max:
             raise ConfigError(f"solver eps_min={self.eps_min} > eps_max={self.eps_max}: "
-                              "need eps_min ≤ eps_max")
+                              "eps_max must be ≥ eps_min")
         if not (isinstance(self.anderson_m, int) and self.anderson_m >= 1):
             raise ConfigError(f"solver anderson_m={self.anderson_m!r}: must be an integer ≥ 1")
         if not 0 < self.anderson_beta <= 1:
@@ -83,8 +90,14 @@ class SolverConfig:
 
 
 def _adaptive(c: SolverConfig) -> Solver:
-    return AdaptiveEuler(CONTROLLERS[c.controller](eps_min=c.eps_min, eps_max=c.eps_max),
-                         eps0=c.eps)
+    cls = CONTROLLERS[c.controller]
+    extra = {}
+    if c.controller_rtol is not None:
+        if "rtol" not in {f.name for f in fields(cls)}:
+            raise ConfigError(f"solver controller_rtol={c.controller_rtol}: controller "
+                              f"{c.controller!r} has no rtol (only pi and doubling do)")
+        extra["rtol"] = c.controller_rtol
+    return AdaptiveEuler(cls(eps_min=c.eps_min, eps_max=c.eps_max, **extra), eps0=c.eps)
 
 
 def _ptc(c: SolverConfig) -> Solver:

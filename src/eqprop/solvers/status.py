@@ -59,6 +59,8 @@ def classify(residuals: Tensor, converged: Tensor, finite: Tensor,
     if norms is not None:
         residuals = residuals * norms
     r = torch.nan_to_num(residuals, nan=float("inf"))
+    if S < 2:  # one residual (done or non-finite at the start): halves need two columns
+        r = r.expand(B, 2)
     W = max(2, int(S * WINDOW_FRACTION))
     tail = r[:, -W:]
     first, second = tail[:, : W // 2], tail[:, W // 2 :]

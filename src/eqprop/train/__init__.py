@@ -3,12 +3,13 @@
 from .checkpoint import LoadedRun, load_checkpoint, load_run, resume_config, save_checkpoint
 from .config import EvalConfig, OptimConfig, RunConfig, ScheduleConfig, TrainConfig
 from .configio import config_from_dict, config_to_dict, load_config_file, save_config
+from .distributed import DistContext, init_distributed, is_main_process
 from .evaluation import evaluate
 from .generation import Generation, generate
 from .loop import Penalty, Tracker, Trainer, TrainSummary, train
 
-__all__ = ["EvalConfig", "Generation", "LoadedRun", "OptimConfig", "Penalty", "RunConfig",
-           "ScheduleConfig", "Tracker", "TrainConfig", "TrainSummary", "Trainer",
-           "config_from_dict", "config_to_dict", "evaluate", "generate", "load_checkpoint",
-           "load_config_file", "load_run", "resume_config", "save_checkpoint", "save_config",
-           "train"]
+__all__ = ["DistContext", "EvalConfig", "Generation", "LoadedRun", "OptimConfig", "Penalty",
+           "RunConfig", "ScheduleConfig", "Tracker", "TrainConfig", "TrainSummary", "Trainer",
+           "config_from_dict", "config_to_dict", "evaluate", "generate", "init_distributed",
+           "is_main_process", "load_checkpoint", "load_config_file", "load_run",
+           "resume_config", "save_checkpoint", "save_config", "train"]

@@ -3,26 +3,35 @@
 Layout of ``<run_dir>/checkpoints/``: ``step_XXXXXXX.safetensors`` (the weights),
 ``step_XXXXXXX.pt`` (optimizer, RNG states, step, vocabulary, config; plain
 tensors and containers only, read with ``torch.load(weights_only=True)``) and
-``latest.json``, the pointer to the newest complete pair. Each file is written
-to a temporary name and moved into place with ``os.replace``; the pointer moves
-last, so a crash at any moment leaves the previous checkpoint intact.
+``latest.json``, the pointer to the newest complete pair with the SHA-256 of
+both files. Each file is written to a temporary name, flushed to disk and moved
+into place with ``os.replace``; the pointer moves last, so a crash (``kill -9``,
+power loss, a full disk) at any moment leaves the previous checkpoint intact, and
+a file damaged later fails its checksum. Nothing is unpickled: weights are
+safetensors, the state is read with ``torch.load(weights_only=True)``.
+
+Test-only fault injection: with ``EQPROP_TEST_FAULT=kill-in-checkpoint:STEP:SUFFIX``
+in the environment the process tears the file ending in ``SUFFIX`` (``safetensors``,
+``pt`` or ``json``) of checkpoint ``STEP`` in half and kills itself with SIGKILL, as
+a ``kill -9`` in the middle of that write would (see ``tests/test_reliability.py``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from ..data import Vocab
-from ..errors import CheckpointError, ConfigError, DataError
+from ..errors import CheckpointError, ConfigError, DataError, StorageError
 from ..models import EquilibriumLM
 from .config import TrainConfig
 from .configio import config_from_dict, config_to_dict
@@ -33,6 +42,10 @@ __all__ = ["CKPT_DIR", "Checkpoint", "LoadedRun", "load_checkpoint", "load_run",
 CKPT_DIR = "checkpoints"
 LATEST = "latest.json"
 FORMAT = "eqprop-checkpoint/1"
+#: environment variable of the test-only fault injection (see the module docstring)
+FAULT_ENV = "EQPROP_TEST_FAULT"
+#: entries of the state file (each a dict)
+REQUIRED = ("optimizer", "rng", "vocab", "config")
 
 
 @dataclass
@@ -71,12 +84,75 @@ class LoadedRun:
     run_dir: Path
 
 
-def _write_atomic(path: Path, write) -> None:
+def _fault(step: int, path: Path) -> None:
+    """The test-only ``kill -9`` in the middle of a checkpoint write (module docstring)."""
+    spec = os.environ.get(FAULT_ENV, "")
+    kind, _, rest = spec.partition(":")
+    at, _, suffix = rest.partition(":")
+    if kind == "kill-in-checkpoint" and at == str(step) and path.name.endswith(f".{suffix}.tmp"):
+        with open(path, "r+b") as f:
+            f.truncate(path.stat().st_size // 2)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # not supported here (some file systems): the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, write, step: int = -1) -> None:
+    """Write ``path`` through a temporary file, flushed, then renamed into place.
+
+    Raises:
+        StorageError: the write failed (full disk, permissions); the temporary file is
+            removed and whatever ``path`` held before is untouched.
+    """
     tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        _fault(step, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise StorageError(f"cannot write {str(path)!r} ({e.strerror or e}); the previous "
+                           "checkpoint is intact: free some space or fix the permissions, "
+                           "then continue with --resume") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _nonfinite(tensors: dict[str, Any], prefix: str = "") -> list[str]:
+    """Names of the floating tensors (nested in dicts and lists) that hold NaN or Inf."""
+    bad = []
+    for k, v in tensors.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, Tensor):
+            if v.is_floating_point() and not torch.isfinite(v).all():
+                bad.append(name)
+        elif isinstance(v, dict):
+            bad += _nonfinite(v, f"{name}.")
+        elif isinstance(v, (list, tuple)):
+            bad += _nonfinite(dict(enumerate(v)), f"{name}.")
+    return bad
 
 
 def save_checkpoint(run_dir: str | Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -98,78 +174,109 @@ def save_checkpoint(run_dir: str | Path, *, model: nn.Module, optimizer: torch.o
         Path of the torch state file.
 
     Raises:
-        CheckpointError: a parameter is NaN or Inf (nothing is written).
+        CheckpointError: a parameter or an optimizer moment is NaN or Inf (nothing is
+            written).
+        StorageError: a file cannot be written (the previous checkpoint stays intact).
     """
     weights = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    bad = [k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    opt_state = optimizer.state_dict()
+    bad = _nonfinite(weights) + _nonfinite(opt_state.get("state", {}), "optimizer.")
     if bad:
         raise CheckpointError(f"refusing to checkpoint step {step}: non-finite values in "
                               f"{', '.join(bad[:5])}")
     folder = Path(run_dir) / CKPT_DIR
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StorageError(f"cannot create {str(folder)!r} ({e.strerror or e})") from None
     stem = f"step_{step:07d}"
-    state = {"format": FORMAT, "step": step, "optimizer": optimizer.state_dict(), "rng": rng,
+    state = {"format": FORMAT, "step": step, "optimizer": opt_state, "rng": rng,
              "vocab": vocab.to_dict(), "config": config_to_dict(config), "extra": extra or {}}
-    _write_atomic(folder / f"{stem}.safetensors",
-                  lambda p: save_file(weights, str(p), metadata={"step": str(step),
-                                                                 "format": FORMAT}))
-    _write_atomic(folder / f"{stem}.pt", lambda p: torch.save(state, p))
-    _write_atomic(folder / LATEST, lambda p: p.write_text(json.dumps({"step": step,
-                                                                     "stem": stem})))
-    for old in folder.glob("step_*"):
-        if not old.name.startswith(stem):
+    w_path, s_path = folder / f"{stem}.safetensors", folder / f"{stem}.pt"
+    _write_atomic(w_path, lambda p: save_file(weights, str(p), metadata={"step": str(step),
+                                                                           "format": FORMAT}),
+                  step)
+    _write_atomic(s_path, lambda p: torch.save(state, p), step)
+    pointer = {"step": step, "stem": stem,
+               "sha256": {w_path.name: _sha256(w_path), s_path.name: _sha256(s_path)}}
+    _write_atomic(folder / LATEST, lambda p: p.write_text(json.dumps(pointer)), step)
+    _fsync_dir(folder)
+    for old in folder.glob("step_*"):  # older checkpoints and torn leftovers of a crash
+        if not old.name.startswith(stem) or old.name.endswith(".tmp"):
             old.unlink(missing_ok=True)
-    return folder / f"{stem}.pt"
+    return s_path
 
 
 def _run_dir_of(path: str | Path) -> Path:
     p = Path(path)
-    if not p.exists():
-        raise CheckpointError(f"run {str(p)!r} does not exist; give a run directory written "
-                              "by 'eqprop train'")
-    if p.is_file():
-        p = p.parent
-    if p.name == CKPT_DIR:
-        p = p.parent
-    if not (p / CKPT_DIR / LATEST).is_file():
+    try:
+        if not p.exists():
+            raise CheckpointError(f"run {str(p)!r} does not exist; give a run directory "
+                                  "written by 'eqprop train'")
+        if p.is_file():
+            p = p.parent
+        if p.name == CKPT_DIR:
+            p = p.parent
+        found = (p / CKPT_DIR / LATEST).is_file()
+    except (OSError, ValueError) as e:  # a name too long, a NUL byte, no permission
+        raise CheckpointError(f"run {str(p)!r} cannot be read ({e})") from None
+    if not found:
         raise CheckpointError(f"{str(p)!r} holds no checkpoint ({CKPT_DIR}/{LATEST} is missing);"
                               " give a run directory written by 'eqprop train'")
     return p
 
 
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
+
+
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Read the newest checkpoint of a run (CPU tensors).
+
+    Nothing in the files can run code: the weights are safetensors and the state is
+    unpickled with ``weights_only=True`` (plain tensors and containers only).
 
     Args:
         path: the run directory (or its ``checkpoints`` folder).
 
     Raises:
-        CheckpointError: missing, truncated, corrupted or unsafe files.
+        CheckpointError: missing, truncated, corrupted (checksum), unsafe or non-finite
+            files.
     """
     run_dir = _run_dir_of(path)
     folder = run_dir / CKPT_DIR
     try:
         pointer = json.loads((folder / LATEST).read_text())
         stem, step = pointer["stem"], int(pointer["step"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        sums = pointer.get("sha256", {})  # absent in checkpoints written before checksums
+        if not (isinstance(stem, str) and stem == f"step_{step:07d}" and isinstance(sums, dict)):
+            raise ValueError(f"unexpected entries {pointer!r}"[:200])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise CheckpointError(f"{str(folder / LATEST)!r} is corrupted ({e})") from None
     weights_path, state_path = folder / f"{stem}.safetensors", folder / f"{stem}.pt"
     try:
         weights = load_file(str(weights_path), device="cpu")
-    except (OSError, SafetensorError) as e:
+    except Exception as e:  # SafetensorError, OSError, or others on a crafted header
         raise CheckpointError(f"weights {str(weights_path)!r} are missing or corrupted "
-                              f"({str(e).splitlines()[0] if str(e) else type(e).__name__})"
-                              ) from None
+                              f"({_first_line(e)})") from None
     try:
         state = torch.load(state_path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"state {str(state_path)!r} is missing") from None
     except Exception as e:  # torch.load raises many types for truncated or unsafe files
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"state {str(state_path)!r} is truncated, corrupted or unsafe "
-                              f"({first[:200]})") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT or state.get("step") != step:
-        raise CheckpointError(f"state {str(state_path)!r} is not an {FORMAT} file of step {step}")
+                              f"({_first_line(e)})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT or state.get("step") != step \
+            or not all(isinstance(state.get(k), dict) for k in REQUIRED):
+        raise CheckpointError(f"state {str(state_path)!r} is not an {FORMAT} file of step {step} "
+                              f"(with {', '.join(REQUIRED)})")
+    for p in (weights_path, state_path):  # damage that still parses: a flipped bit
+        if p.name in sums and _sha256(p) != sums[p.name]:
+            raise CheckpointError(f"checkpoint file {str(p)!r} does not match its checksum in "
+                                  f"{LATEST}: it is corrupted (or was replaced)")
+    bad = _nonfinite(weights)
+    if bad:
+        raise CheckpointError(f"weights {str(weights_path)!r} hold NaN or Inf in "
+                              f"{', '.join(bad[:5])}")
     return Checkpoint(weights=weights, state=state, run_dir=run_dir, step=step)
 
 
@@ -191,7 +298,7 @@ def model_from_checkpoint(ck: Checkpoint, config: TrainConfig) -> EquilibriumLM:
 def _config_and_vocab(ck: Checkpoint) -> tuple[TrainConfig, Vocab]:
     try:
         return config_from_dict(ck.state["config"]), Vocab.from_dict(ck.state["vocab"])
-    except (ConfigError, DataError, KeyError) as e:
+    except (ConfigError, DataError, KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"checkpoint of {str(ck.run_dir)!r} has an unreadable config "
                               f"or vocabulary ({e})") from None
 

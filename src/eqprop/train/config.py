@@ -8,7 +8,8 @@ and raises :class:`~eqprop.errors.ConfigError` naming the value and what is allo
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, fields, is_dataclass
 
 from ..data import DataConfig
 from ..diagnostics.tracking import StabilityTracking
@@ -16,14 +17,38 @@ from ..errors import ConfigError
 from ..gradients.registry import EstimatorConfig
 from ..models import ModelConfig
 from ..regularizers import RegularizerConfig
-from ..solvers.registry import SolverConfig
+from ..solvers.registry import SOLVERS, SolverConfig
 
-__all__ = ["EvalConfig", "OptimConfig", "RunConfig", "ScheduleConfig", "TrainConfig"]
+__all__ = ["GUARD_ACTIONS", "GUARD_POLICIES", "EvalConfig", "GuardConfig", "OptimConfig",
+           "RunConfig", "ScheduleConfig", "TrainConfig", "check_device", "check_seed"]
+
+#: what the wall guard does when free relaxations stop converging (see GuardConfig)
+GUARD_POLICIES = ("off", "warn", "stop", "skip", "escalate")
+#: the escalation steps a ladder may list
+GUARD_ACTIONS = ("eps", "jacreg", "solver")
+#: largest seed torch's generators take (a seed plus a rank stays below 2**64)
+MAX_SEED = 2**63 - 1
 
 
-def _positive_int(section: str, name: str, value: object, minimum: int = 1) -> None:
-    if not (isinstance(value, int) and not isinstance(value, bool) and value >= minimum):
-        raise ConfigError(f"{section}.{name}={value!r}: must be an integer ≥ {minimum}")
+def _positive_int(section: str, name: str, value: object, minimum: int = 1,
+                  maximum: int | None = None) -> None:
+    if not (isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+            and (maximum is None or value <= maximum)):
+        allowed = f"in [{minimum}, {maximum}]" if maximum is not None else f"≥ {minimum}"
+        raise ConfigError(f"{section}.{name}={value!r}: must be an integer {allowed}")
+
+
+def check_device(device: object, where: str = "device") -> None:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``, else a :class:`ConfigError` naming ``where``."""
+    if not (isinstance(device, str) and (device in ("auto", "cpu", "cuda") or (
+            device.startswith("cuda:") and device[5:].isascii() and device[5:].isdigit()))):
+        raise ConfigError(f"{where}={device!r}: allowed values are auto, cpu, cuda, cuda:N")
+
+
+def check_seed(seed: object, where: str = "seed") -> None:
+    """An integer in [0, MAX_SEED], else a :class:`ConfigError` naming ``where``."""
+    if not (isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed <= MAX_SEED):
+        raise ConfigError(f"{where}={seed!r}: must be an integer in [0, {MAX_SEED}]")
 
 
 def _number(section: str, name: str, value: object, lo: float, hi: float,
@@ -59,7 +84,7 @@ class OptimConfig:
         _number("optim", "weight_decay", self.weight_decay, 0, 10)
         _number("optim", "beta1", self.beta1, 0, 1, hi_open=True)
         _number("optim", "beta2", self.beta2, 0, 1, hi_open=True)
-        _number("optim", "grad_clip", self.grad_clip, 0, float("inf"))
+        _number("optim", "grad_clip", self.grad_clip, 0, float("inf"), hi_open=True)
 
 
 @dataclass
@@ -141,21 +166,102 @@ class RunConfig:
     sample_tokens: int = 300
 
     def __post_init__(self) -> None:
-        if self.name is not None and (not self.name or "/" in self.name or
-                                      self.name in (".", "..")):
-            raise ConfigError(f"run.name={self.name!r}: must be a plain folder name (no '/')")
-        if not self.out_dir:
-            raise ConfigError("run.out_dir='': give a folder for the run directories")
-        _positive_int("run", "seed", self.seed, minimum=0)
-        if not (self.device in ("auto", "cpu", "cuda") or
-                (self.device.startswith("cuda:") and self.device[5:].isdigit())):
-            raise ConfigError(f"run.device={self.device!r}: allowed values are auto, cpu, "
-                              "cuda, cuda:N")
-        _positive_int("run", "threads", self.threads, minimum=0)
+        if self.name is not None and not (
+                isinstance(self.name, str) and self.name and self.name.isprintable()
+                and not any(c in self.name for c in "/\\") and self.name not in (".", "..")):
+            raise ConfigError(f"run.name={self.name!r}: must be a plain folder name (printable, "
+                              "no '/' or '\\', not '.' or '..')")
+        if not (isinstance(self.out_dir, str) and self.out_dir and self.out_dir.isprintable()):
+            raise ConfigError(f"run.out_dir={self.out_dir!r}: give a folder for the run "
+                              "directories (printable characters)")
+        _positive_int("run", "seed", self.seed, minimum=0, maximum=MAX_SEED)
+        check_device(self.device, "run.device")
+        _positive_int("run", "threads", self.threads, minimum=0, maximum=1024)
         _positive_int("run", "log_every", self.log_every)
         _positive_int("run", "ckpt_every", self.ckpt_every, minimum=0)
         _positive_int("run", "track_every", self.track_every)
         _positive_int("run", "sample_tokens", self.sample_tokens, minimum=0)
+
+
+@dataclass
+class GuardConfig:
+    """The wall guard: what training does when free relaxations stop converging.
+
+    Every step the guard takes the fraction of the batch's free relaxations that
+    failed (cycling, diverged or non-finite; also "contracting", out of budget while
+    still converging, with ``count_contracting``) and its mean over the last
+    ``window`` steps. When that mean reaches ``threshold`` the guard trips, logs a
+    ``wall`` event in ``metrics.jsonl`` (a vertical line on the plots) and acts:
+
+    - ``off``: nothing is measured.
+    - ``warn``: the event only (and ``wall_cleared`` once the mean falls back).
+    - ``stop``: checkpoint, validate and end the run (``eqprop train`` exits with 3).
+    - ``skip``: while tripped, the update of a batch whose own failed fraction reaches
+      ``threshold`` is skipped (the model is not moved by an estimate taken away from z*).
+    - ``escalate``: the next step of ``ladder``: ``eps`` shrinks ε by ``eps_factor``
+      (free and nudged phases), ``jacreg`` turns the Jacobian penalty on at
+      ``jacreg_weight`` (or multiplies its weight by ``jacreg_factor``), ``solver``
+      switches free and nudged phases to ``robust_solver``. After each step the window
+      starts afresh; once the ladder is used up, a further trip stops the run.
+
+    Args:
+        policy: off, warn, stop, skip or escalate.
+        window: steps over which the failed fraction is averaged (the guard waits for
+            a full window before it can trip).
+        threshold: mean failed fraction, in (0, 1], that trips the guard.
+        count_contracting: count relaxations that ran out of steps while still
+            contracting as failed.
+        ladder: comma-separated escalation steps, in order (each may repeat).
+        eps_factor: ``eps`` step: ε ← ε · eps_factor, in (0, 1).
+        jacreg_weight: ``jacreg`` step: the penalty's weight when none was on.
+        jacreg_factor: ``jacreg`` step: the weight's factor when one was on (> 1).
+        robust_solver: ``solver`` step: the solver switched to (default: Euler with
+            per-sample adaptive ε, faithful to the continuous dynamics).
+    """
+
+    policy: str = "warn"
+    window: int = 20
+    threshold: float = 0.5
+    count_contracting: bool = False
+    ladder: str = "eps,jacreg,solver"
+    eps_factor: float = 0.5
+    jacreg_weight: float = 0.1
+    jacreg_factor: float = 10.0
+    robust_solver: str = "adaptive"
+
+    def __post_init__(self) -> None:
+        if self.policy not in GUARD_POLICIES:
+            raise ConfigError(f"guard.policy={self.policy!r}: allowed values are "
+                              f"{', '.join(GUARD_POLICIES)}")
+        _positive_int("guard", "window", self.window)
+        _number("guard", "threshold", self.threshold, 0, 1, lo_open=True)
+        if not isinstance(self.count_contracting, bool):
+            raise ConfigError(f"guard.count_contracting={self.count_contracting!r}: must be "
+                              "true or false")
+        steps = self.ladder_steps() if isinstance(self.ladder, str) else [None]
+        if not steps or any(a not in GUARD_ACTIONS for a in steps):
+            raise ConfigError(f"guard.ladder={self.ladder!r}: a comma-separated list of "
+                              f"{', '.join(GUARD_ACTIONS)}")
+        _number("guard", "eps_factor", self.eps_factor, 0, 1, lo_open=True, hi_open=True)
+        _number("guard", "jacreg_weight", self.jacreg_weight, 0, 1e6, lo_open=True)
+        _number("guard", "jacreg_factor", self.jacreg_factor, 1, 1e6, lo_open=True)
+        if self.robust_solver not in SOLVERS:
+            raise ConfigError(f"guard.robust_solver={self.robust_solver!r}: allowed values "
+                              f"are {', '.join(SOLVERS)}")
+
+    def ladder_steps(self) -> list[str]:
+        """The escalation steps of ``ladder``, in order."""
+        return [a.strip() for a in self.ladder.split(",") if a.strip()]
+
+
+def _check_finite(cfg: object, path: str = "") -> None:
+    """Every float of a (nested) config is finite: NaN or ±inf is never a setting."""
+    for f in fields(cfg):
+        value, where = getattr(cfg, f.name), f"{path}{f.name}"
+        if is_dataclass(value):
+            _check_finite(value, f"{where}.")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{where}={value!r}: must be a finite number")
 
 
 def _default_model() -> ModelConfig:
@@ -187,6 +293,7 @@ class TrainConfig:
         run: run directory, seed, device, logging.
         regularizer: Jacobian penalty (none, jacreg, homeostasis), fixed or adaptive weight.
         tracking: every how many steps ε_crit and the critical mode are measured (0: never).
+        guard: the wall guard (what happens when free relaxations stop converging).
     """
 
     model: ModelConfig = field(default_factory=_default_model)
@@ -199,3 +306,7 @@ class TrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
     regularizer: RegularizerConfig = field(default_factory=RegularizerConfig)
     tracking: StabilityTracking = field(default_factory=lambda: StabilityTracking(every=50))
+    guard: GuardConfig = field(default_factory=GuardConfig)
+
+    def __post_init__(self) -> None:
+        _check_finite(self)

@@ -32,11 +32,14 @@ class Generation:
         text: the generated characters (without the prompt).
         nfe: NFE of the relaxation that produced each new character.
         status: status counts over those relaxations.
+        stopped: why generation ended before ``tokens`` characters (a relaxation whose
+            logits are NaN/Inf: nothing can be sampled from them), else None.
     """
 
     text: str
     nfe: list[int]
     status: dict[str, int]
+    stopped: str | None = None
 
     @property
     def mean_nfe(self) -> float:
@@ -77,7 +80,8 @@ def generate(model: EquilibriumLM, vocab: Vocab, prompt: str, tokens: int, *, so
         generator: CPU random generator for reproducible samples.
 
     Returns:
-        A :class:`Generation`.
+        A :class:`Generation`; shorter than ``tokens`` (with ``stopped`` saying why)
+        when a relaxation yields non-finite logits.
 
     Raises:
         DataError: an empty prompt or one with characters outside the vocabulary.
@@ -92,12 +96,18 @@ def generate(model: EquilibriumLM, vocab: Vocab, prompt: str, tokens: int, *, so
     out: list[int] = []
     nfe: list[int] = []
     status = {s.label: 0 for s in Status}
+    stopped = None
     field = model.field(ctx)
     sol: Solution = relax(field, field.initial_state(), solver, tol=tol, max_steps=max_steps)
     for i in range(tokens):
         nfe.append(int(sol.nfe[0]))
         status[Status(int(sol.status[0])).label] += 1
-        nxt = _next_token(model.logits(sol.z)[0, -1], temperature, top_k, generator)  # (1,)
+        logits = model.logits(sol.z)[0, -1]  # (V,)
+        if not bool(torch.isfinite(logits).all()):
+            stopped = (f"the relaxation of character {i + 1} gave non-finite logits (status "
+                       f"{Status(int(sol.status[0])).label}): generation stopped")
+            break
+        nxt = _next_token(logits, temperature, top_k, generator)  # (1,)
         out.append(int(nxt))
         if i == tokens - 1:
             break
@@ -111,4 +121,4 @@ def generate(model: EquilibriumLM, vocab: Vocab, prompt: str, tokens: int, *, so
             z0 = torch.cat([z_prev, z0[:, :, -1:]], dim=2)
         sol = relax(field, z0, solver, tol=tol, max_steps=max_steps)
     return Generation(text=vocab.decode(torch.tensor(out, dtype=torch.long)), nfe=nfe,
-                      status=status)
+                      status=status, stopped=stopped)

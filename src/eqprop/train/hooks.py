@@ -16,6 +16,7 @@ from ..diagnostics.tracking import StabilityTracking
 from ..models import LMField
 from ..regularizers import Regularizer, RegularizerConfig, build_regularizer
 from ..solvers import Solution
+from .distributed import DistContext
 
 __all__ = ["ConfigHooks"]
 
@@ -27,12 +28,17 @@ class ConfigHooks:
         regularizer: which penalty (``name="none"`` for none).
         tracking: when and how to measure ε_crit and the critical mode.
         eps: the free phase's step ε (for the ε_crit margin).
+        sync: under ``torchrun``, the ranks' context: the adaptive weight is fed the
+            converged fraction averaged over the ranks and the smallest ε_crit of all,
+            so that every rank keeps the same weight.
     """
 
-    def __init__(self, regularizer: RegularizerConfig, tracking: StabilityTracking, eps: float):
+    def __init__(self, regularizer: RegularizerConfig, tracking: StabilityTracking, eps: float,
+                 sync: DistContext | None = None):
         self.reg: Regularizer | None = build_regularizer(regularizer)
         self.tracking = tracking
         self.eps = eps
+        self.sync = sync or DistContext()
         self.margin: float | None = None
 
     @property
@@ -43,7 +49,7 @@ class ConfigHooks:
         """``weight · R(z*)``; first feeds the adaptive weight with this step's health."""
         if self.reg is None:
             return None
-        self.reg.update(float(sol.converged.float().mean()), self.margin)
+        self.reg.update(self.sync.mean(float(sol.converged.float().mean())), self.margin)
         return self.reg.term(field, z_star)
 
     def track(self, model: nn.Module, field: LMField, z_star: Tensor,
@@ -52,7 +58,9 @@ class ConfigHooks:
         out: dict[str, float] = {}
         if self.tracking.due(step):
             out.update(self.tracking.measure(model, field, z_star))
-            ec = out.get("eps_crit_min", math.nan)
+            ec = self.sync.min(out.get("eps_crit_min", math.nan))
+            if "eps_crit_min" in out:
+                out["eps_crit_min"] = ec
             if math.isnan(ec):
                 self.margin = None
             else:  # ε_crit ≤ 0: no step size is stable, the thinnest margin there is

@@ -3,9 +3,10 @@
 One step: relax the free dynamics from the input drive to z* with the free-phase
 solver; let the estimator (asymep, ep, ift, bptt) turn z* into a surrogate
 scalar whose ``backward()`` fills ``.grad``; clip and apply AdamW. A step whose
-loss or gradient is NaN/Inf is skipped (and logged), never applied. Hook points
-for regularizer penalties and diagnostics trackers are marked in
-:meth:`Trainer.train_step`.
+relaxation (free or nudged), loss, penalty or gradient is NaN/Inf is skipped (and
+logged), never applied; the wall guard (:mod:`eqprop.train.guard`) watches the free
+relaxations' statuses. Hook points for regularizer penalties and diagnostics
+trackers are marked in :meth:`Trainer.train_step`.
 """
 
 from __future__ import annotations
@@ -32,13 +33,14 @@ from ..solvers import Solution, relax
 from ..solvers.registry import build_solver
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .configio import save_config
+from .distributed import init_distributed
 from .evaluation import evaluate
 from .generation import generate
+from .guard import WallGuard, relaxations_finite
 from .hooks import ConfigHooks
-from .metrics import MetricsLog, format_progress, status_counts
+from .metrics import format_progress, status_counts
 from .plots import plot_metrics
-from .rundir import CONFIG_FILE, METRICS_FILE, PLOTS_DIR, SAMPLES_FILE, SUMMARY_FILE, new_run_dir
+from .rundir import METRICS_FILE, PLOTS_DIR, SAMPLES_FILE, SUMMARY_FILE, new_run_dir, open_run_dir
 from .schedule import lr_at
 
 __all__ = ["Penalty", "Tracker", "TrainSummary", "Trainer", "resolve_device", "train"]
@@ -76,6 +78,8 @@ class TrainSummary:
         free_converged: fraction of free-phase relaxations that converged, whole run.
         free_nfe: mean free-phase NFE per sample, whole run.
         wall_time: seconds of training (all segments of a resumed run).
+        wall_skipped: updates skipped by the wall guard's ``skip`` policy.
+        stopped: why the wall guard stopped the run early (None: it ran to the end).
     """
 
     run_dir: Path
@@ -88,6 +92,8 @@ class TrainSummary:
     free_converged: float
     free_nfe: float
     wall_time: float
+    wall_skipped: int = 0
+    stopped: str | None = None
 
     def format(self) -> str:
         """Human-readable summary lines."""
@@ -96,8 +102,9 @@ class TrainSummary:
         rate = self.steps / self.wall_time if self.wall_time > 0 else float("nan")
         return "\n".join([
             f"run            {self.run_dir}",
-            f"steps          {self.steps} ({self.skipped} skipped) in {self.wall_time:.1f} s "
-            f"({rate:.2f} steps/s)",
+            f"steps          {self.steps} ({self.skipped} skipped: non-finite"
+            f"{f', {self.wall_skipped} by the wall guard' if self.wall_skipped else ''}) in "
+            f"{self.wall_time:.1f} s ({rate:.2f} steps/s)",
             f"train CE       {f(self.train_ce)} nats (last {SUMMARY_WINDOW} steps)",
             f"val CE         {f(self.val_ce)} nats at the training solver's z*, "
             f"{f(self.val_ce_ref)} after the reference solve",
@@ -105,6 +112,7 @@ class TrainSummary:
             "bar to beat)",
             f"free phase     {100 * self.free_converged:.1f} % converged, "
             f"mean NFE {self.free_nfe:.1f}",
+            *([f"stopped        {self.stopped}"] if self.stopped else []),
         ])
 
 
@@ -123,7 +131,8 @@ class Trainer:
                  penalty: Penalty | None = None, trackers: Sequence[Tracker] = ()):
         if cfg.run.threads:
             torch.set_num_threads(cfg.run.threads)
-        self.device = resolve_device(cfg.run.device)
+        self.dist = init_distributed(cfg.run.device)  # torchrun: process group, rank's device
+        self.device = self.dist.device or resolve_device(cfg.run.device)
         ck = load_checkpoint(resume) if resume is not None else None
         vocab = Vocab.from_dict(ck.state["vocab"]) if ck is not None else None
         self.corpus = load_corpus(cfg.data, seq_len=cfg.model.seq_len, vocab=vocab)
@@ -132,23 +141,28 @@ class Trainer:
         self.unigram = self.corpus.unigram_entropy()
         torch.manual_seed(cfg.run.seed)
         self.model = EquilibriumLM(cfg.model)
-        self.data_gen = torch.Generator().manual_seed(cfg.run.seed)
+        self.data_gen = torch.Generator().manual_seed(self.dist.rank_seed(cfg.run.seed))
+        if self.dist.rank:  # own torch stream per rank (rank 0 continues as one process)
+            torch.manual_seed(self.dist.rank_seed(cfg.run.seed))
         self.step, self.skipped, self.elapsed = 0, 0, 0.0
         self.penalty, self.trackers = penalty, list(trackers)
-        self.hooks = ConfigHooks(cfg.regularizer, cfg.tracking, cfg.solver.eps)
+        self.hooks = ConfigHooks(cfg.regularizer, cfg.tracking, cfg.solver.eps, sync=self.dist)
         self.solver = build_solver(cfg.solver)
         self.estimator = build_estimator(cfg.estimator, cfg.solver)
+        self.guard = WallGuard(cfg.guard)
         if ck is not None:
             self.model = model_from_checkpoint(ck, cfg)
         self.model.to(self.device)
+        self.dist.broadcast_module(self.model)  # identical weights on every rank
         self.optimizer = self._make_optimizer()
         if ck is not None:
             self._restore(ck)
             self.run_dir = ck.run_dir
         else:
-            self.run_dir = new_run_dir(cfg.run)
-        save_config(cfg, self.run_dir / CONFIG_FILE)
-        self.metrics = MetricsLog(self.run_dir / METRICS_FILE)
+            self.run_dir = self.dist.on_main(lambda: new_run_dir(cfg.run))
+        # config.yaml; an unwritable or full disk fails now (on every rank), not later
+        self.dist.on_main(lambda: open_run_dir(self.run_dir, self.cfg, self.model))
+        self.metrics = self.dist.metrics_log(self.run_dir / METRICS_FILE)
         if ck is not None:
             self.metrics.truncate_after(self.step)
         self.val_last: dict[str, Any] = {}
@@ -171,10 +185,11 @@ class Trainer:
     def _restore(self, ck) -> None:
         try:
             self.optimizer.load_state_dict(ck.state["optimizer"])
-            torch.set_rng_state(ck.state["rng"]["torch"])
-            self.data_gen.set_state(ck.state["rng"]["data"])
-            if self.device.type == "cuda" and "cuda" in ck.state["rng"]:
-                torch.cuda.set_rng_state_all(ck.state["rng"]["cuda"])
+            rng = self.dist.local_rng(ck.state["rng"], self.cfg.run.seed, ck.step)
+            torch.set_rng_state(rng["torch"])
+            self.data_gen.set_state(rng["data"])
+            if self.device.type == "cuda" and "cuda" in rng:
+                torch.cuda.set_rng_state_all(rng["cuda"])
             extra = ck.state.get("extra", {})
         except (KeyError, ValueError, RuntimeError, TypeError) as e:
             raise CheckpointError(f"checkpoint of {str(ck.run_dir)!r} cannot be resumed: "
@@ -184,6 +199,7 @@ class Trainer:
         self.skipped = int(extra.get("skipped", 0))
         self.elapsed = float(extra.get("elapsed", 0.0))
         self.hooks.load_state_dict(extra.get("hooks", {}))
+        self.guard.load_state_dict(extra.get("guard", {}), self)
 
     # -- one step ------------------------------------------------------------
     def train_step(self, tokens: Tensor, targets: Tensor) -> dict[str, Any]:
@@ -208,18 +224,23 @@ class Trainer:
         # 3. update (skipped when anything is non-finite)
         self.optimizer.zero_grad(set_to_none=True)
         objective.backward()
+        self.dist.average_gradients(self.model.parameters())  # torchrun: mean over ranks
         clip = self.cfg.optim.grad_clip or float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
         loss = float(result.loss)
         lr = lr_at(self.step, self.cfg.optim, self.cfg.schedule)
-        finite = math.isfinite(loss) and math.isfinite(grad_norm) and \
-            math.isfinite(record.get("penalty", 0.0))
-        if finite:
+        finite = self.dist.all_true(math.isfinite(loss) and math.isfinite(grad_norm) and
+                                    math.isfinite(record.get("penalty", 0.0)) and
+                                    relaxations_finite(sol, *result.solutions.values()))
+        apply = finite and self.dist.all_true(self.guard.allow_update(sol.counts()))
+        if apply:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             self.optimizer.step()
-        else:
+        elif not finite:
             self.skipped += 1
+        else:
+            self.guard.wall_skipped += 1
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         B = tokens.shape[0]
@@ -234,8 +255,9 @@ class Trainer:
         }
         if result.solutions:
             record["nudge_status"] = status_counts(result.solutions.values())
-        if not finite:
-            record["skipped"] = True
+        record = self.dist.reduce_record(record)  # torchrun: the global batch's metrics
+        if not apply:
+            record.update(skipped=True, skip_reason="wall" if finite else "nonfinite")
         # ---- HOOK (diagnostics): trackers' floats merged into the record --------------
         if self.trackers and self.step % self.cfg.run.track_every == 0:
             for tracker in self.trackers:
@@ -249,6 +271,8 @@ class Trainer:
     # -- periodic work -------------------------------------------------------
     def validate(self) -> dict[str, Any]:
         """Validation metrics on fixed batches (see :func:`~eqprop.train.evaluation.evaluate`)."""
+        if not self.dist.is_main:
+            return {}
         self.model.eval()
         out = evaluate(self.model, self.corpus, self.cfg.solver, self.cfg.eval,
                        seed=self.cfg.run.seed, device=self.device)
@@ -257,18 +281,24 @@ class Trainer:
 
     def checkpoint(self) -> None:
         """Save a checkpoint now (refused, and logged, if a weight is non-finite)."""
+        rng = self.dist.gather_rng(self._rng_state())  # every rank's streams
+        if not self.dist.is_main:
+            return
         try:
             save_checkpoint(self.run_dir, model=self.model, optimizer=self.optimizer,
                             step=self.step, vocab=self.corpus.vocab, config=self.cfg,
-                            rng=self._rng_state(),
+                            rng=rng,
                             extra={"skipped": self.skipped, "elapsed": self.elapsed,
-                                   "hooks": self.hooks.state_dict()})
+                                   "hooks": self.hooks.state_dict(),
+                                   "guard": self.guard.state_dict()})
         except CheckpointError as e:
             self.metrics.append({"step": self.step, "event": "checkpoint_refused",
                                  "detail": str(e)})
 
     def plot(self) -> None:
         """Redraw the PNG plots from ``metrics.jsonl``."""
+        if not self.dist.is_main:
+            return
         records = self.metrics.read()
         plot_metrics(records, self.run_dir / PLOTS_DIR,
                      unigram_entropy=self.unigram, tol=self.cfg.solver.tol)
@@ -279,7 +309,7 @@ class Trainer:
     def write_sample(self) -> None:
         """Sample ``run.sample_tokens`` characters into ``samples.txt``."""
         n = self.cfg.run.sample_tokens
-        if not n:
+        if not n or not self.dist.is_main:
             return
         self.model.eval()
         gen = torch.Generator().manual_seed(self.cfg.run.seed)
@@ -289,35 +319,40 @@ class Trainer:
                      temperature=0.8, generator=gen)
         with (self.run_dir / SAMPLES_FILE).open("a", encoding="utf-8") as f:
             f.write(f"--- step {self.step}, temperature 0.8, prompt {prompt!r}, "
-                    f"mean NFE/char {g.mean_nfe:.1f}\n{prompt}{g.text}\n\n")
+                    f"mean NFE/char {g.mean_nfe:.1f}{f' ({g.stopped})' if g.stopped else ''}"
+                    f"\n{prompt}{g.text}\n\n")
 
     # -- the run -------------------------------------------------------------
     def run(self) -> TrainSummary:
         """Train to ``schedule.steps`` and return the summary."""
         cfg, steps = self.cfg, self.cfg.schedule.steps
-        if cfg.run.progress:
-            tqdm.write(f"eqprop train: run directory {self.run_dir}", file=sys.stderr)
-        bar = tqdm(total=steps, initial=self.step, disable=not cfg.run.progress,
+        show = cfg.run.progress and self.dist.is_main
+        if show:
+            tqdm.write(f"eqprop train: run directory {self.run_dir}"
+                       f"{self.dist.describe(cfg.data.batch_size)}", file=sys.stderr)
+        bar = tqdm(total=steps, initial=self.step, disable=not show,
                    dynamic_ncols=True, desc=self.run_dir.name, file=sys.stderr)
         plotted = -1
         try:
-            while self.step < steps:
+            while self.step < steps and not self.guard.stopped:
                 t0 = time.perf_counter()
                 tokens, targets = self.corpus.get_batch("train", cfg.data.batch_size,
                                                         cfg.model.seq_len, self.data_gen)
                 record = self.train_step(tokens.to(self.device), targets.to(self.device))
-                s, last = self.step, self.step == steps
+                events = self.guard.update(self, record)  # skip events; may stop, escalate
+                s, last = self.step, self.step == steps or self.guard.stopped
                 do_eval = last or (cfg.eval.every > 0 and s % cfg.eval.every == 0)
                 if do_eval:
                     record.update(self.validate())
                 self.elapsed += time.perf_counter() - t0
                 record["time"] = self.elapsed
-                if record.get("skipped"):
-                    self.metrics.append({"step": s, "event": "nonfinite",
-                                         "detail": f"loss {record['train_ce']}, grad norm "
-                                                   f"{record['grad_norm']}: update skipped"})
                 if do_eval or s % cfg.run.log_every == 0 or record.get("skipped"):
                     self.metrics.append(record)
+                for event in events:
+                    self.metrics.append(event)
+                    if show:
+                        tqdm.write(f"eqprop train: {event['event']} at step {s}: "
+                                   f"{event['detail']}", file=sys.stderr)
                 bar.set_postfix_str(format_progress(record), refresh=False)
                 bar.update(1)
                 if last or (cfg.run.ckpt_every > 0 and s % cfg.run.ckpt_every == 0):
@@ -338,9 +373,10 @@ class Trainer:
             self.plot()
         self.write_sample()
         summary = self.summary()
-        (self.run_dir / SUMMARY_FILE).write_text(
-            json.dumps({k: (str(v) if isinstance(v, Path) else v)
-                        for k, v in asdict(summary).items()}, indent=2) + "\n")
+        if self.dist.is_main:
+            (self.run_dir / SUMMARY_FILE).write_text(
+                json.dumps({k: (str(v) if isinstance(v, Path) else v)
+                            for k, v in asdict(summary).items()}, indent=2) + "\n")
         return summary
 
     def summary(self) -> TrainSummary:
@@ -362,7 +398,8 @@ class Trainer:
             val_ce=self.val_last.get("val_ce"), val_ce_ref=self.val_last.get("val_ce_ref"),
             unigram_entropy=self.unigram,
             free_converged=counts["converged"] / total if total else 0.0,
-            free_nfe=nfe_sum / n if n else 0.0, wall_time=self.elapsed)
+            free_nfe=nfe_sum / n if n else 0.0, wall_time=self.elapsed,
+            wall_skipped=self.guard.wall_skipped, stopped=self.guard.stop_reason)
 
 
 def train(cfg: TrainConfig, *, resume: str | Path | None = None, penalty: Penalty | None = None,
@@ -379,4 +416,8 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, penalty: Penalt
     Returns:
         A :class:`TrainSummary`.
     """
-    return Trainer(cfg, resume=resume, penalty=penalty, trackers=trackers).run()
+    trainer = Trainer(cfg, resume=resume, penalty=penalty, trackers=trackers)
+    try:
+        return trainer.run()
+    finally:
+        trainer.dist.close()  # under torchrun: end the process group this run started

@@ -9,9 +9,14 @@ Record keys written by the trainer (a missing key means "not measured at this st
   ``unroll``); ``nfe_total``.
 - ``status``: free-phase ``{label: count}``; ``status_frac``: the same as fractions;
   ``nudge_status``: counts over the nudged phases.
-- ``skipped``: true when the update was skipped (non-finite loss or gradient).
+- ``skipped``: true when the update was skipped; ``skip_reason``: ``nonfinite`` (loss,
+  gradient or penalty NaN/Inf) or ``wall`` (the wall guard's ``skip`` policy).
+- ``guard_fail``: the wall guard's failed fraction of free relaxations, averaged over
+  its window (see :class:`~eqprop.train.config.GuardConfig`).
 - ``val_*`` / ``ref_*``: validation (see :func:`eqprop.train.evaluation.evaluate`).
-- ``event``: a record that reports an event (``nonfinite``, ``checkpoint_refused``, ...).
+- ``event``: a record that reports an event: ``nonfinite`` (an update skipped),
+  ``checkpoint_refused``, ``wall`` (the wall guard tripped; ``action`` says what it did,
+  ``changes`` which settings an escalation changed), ``wall_cleared``.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Any
 
 from torch import Tensor
 
+from ..errors import StorageError
 from ..solvers.base import Solution
 from ..solvers.status import Status
 
@@ -58,16 +64,22 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     if not p.exists():
         return []
     records = []
-    for line in p.read_text(encoding="utf-8").splitlines():
+    # errors="replace": a line torn inside a multi-byte character is skipped, not fatal
+    for line in p.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if isinstance(record, dict):
+            records.append(record)
     return records
 
 
 class MetricsLog:
     """Append-only ``metrics.jsonl``.
+
+    A crash in the middle of a write leaves at most one torn last line: readers skip
+    it, the next append starts on a fresh line, and a resume rewrites the file.
 
     Args:
         path: the file (created on the first record).
@@ -77,17 +89,40 @@ class MetricsLog:
         self.path = Path(path)
 
     def append(self, record: dict[str, Any]) -> None:
-        """Write one record as a JSON line and flush it."""
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(clean(record), ensure_ascii=False) + "\n")
+        """Write one record as a JSON line and flush it.
+
+        Raises:
+            StorageError: the file cannot be written (full disk, permissions).
+        """
+        line = json.dumps(clean(record), ensure_ascii=False) + "\n"
+        try:
+            with self.path.open("a+b") as f:
+                if f.tell() > 0:  # a torn line from a crash: do not glue this record to it
+                    f.seek(-1, 2)
+                    if f.read(1) != b"\n":
+                        line = "\n" + line
+                f.write(line.encode("utf-8"))
+        except OSError as e:
+            raise StorageError(f"cannot write {str(self.path)!r} ({e.strerror or e}): free "
+                               "some space or fix the permissions, then continue with "
+                               "--resume") from None
 
     def truncate_after(self, step: int) -> None:
-        """Drop the records of steps after ``step`` (a resumed run rewrites them)."""
+        """Drop the records of steps after ``step`` (a resumed run rewrites them).
+
+        Raises:
+            StorageError: the file cannot be rewritten (it is left as it was).
+        """
         kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= step]
         tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept),
-                       encoding="utf-8")
-        tmp.replace(self.path)
+        try:
+            tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept),
+                           encoding="utf-8")
+            tmp.replace(self.path)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise StorageError(f"cannot rewrite {str(self.path)!r} ({e.strerror or e}): free "
+                               "some space or fix the permissions") from None
 
     def read(self) -> list[dict[str, Any]]:
         return read_metrics(self.path)

@@ -1,5 +1,8 @@
 """PNG plots of a run's metrics (matplotlib's object API on the Agg canvas: no display,
-no global backend switch). Files are replaced atomically, so they can be watched."""
+no global backend switch). Files are replaced atomically, so they can be watched.
+
+Events of the wall guard (``wall``, ``wall_cleared``; see :mod:`eqprop.train.guard`)
+are drawn on every plot as vertical lines, labelled with the action taken."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ..errors import StorageError
 from ..solvers.status import Status
 
 __all__ = ["PLOTS", "plot_metrics"]
@@ -34,11 +38,43 @@ def _ema(values: list[float], alpha: float = 0.1) -> list[float]:
     return out
 
 
-def _save(fig: Figure, path: Path) -> None:
+#: line colour of a guard event, by its action (``wall_cleared`` is green)
+_EVENT_COLORS = {"warn": "tab:orange", "skip": "tab:purple", "stop": "tab:red",
+                 "eps": "tab:brown", "jacreg": "tab:pink", "solver": "tab:cyan"}
+
+
+def _events(records: Sequence[dict[str, Any]]) -> list[tuple[int, str, str]]:
+    """``(step, label, colour)`` of the guard events to mark."""
+    out = []
+    for r in records:
+        if r.get("event") == "wall" and "step" in r:
+            action = str(r.get("action", "warn"))
+            out.append((r["step"], f"wall: {action}", _EVENT_COLORS.get(action, "tab:red")))
+        elif r.get("event") == "wall_cleared" and "step" in r:
+            out.append((r["step"], "wall cleared", "tab:green"))
+    return out
+
+
+def _mark(ax: Any, events: Sequence[tuple[int, str, str]]) -> None:
+    """Vertical lines at the guard's events, each labelled at the top of the axes."""
+    for step, label, color in events:
+        ax.axvline(step, color=color, ls="--", lw=1.0, alpha=0.8)
+        ax.annotate(label, xy=(step, 1.0), xycoords=("data", "axes fraction"),
+                    xytext=(2, -2), textcoords="offset points", rotation=90, va="top",
+                    fontsize="x-small", color=color)
+
+
+def _save(fig: Figure, path: Path, events: Sequence[tuple[int, str, str]] = ()) -> None:
+    for ax in fig.axes:
+        _mark(ax, events)
     FigureCanvasAgg(fig)
     tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    tmp.replace(path)
+    try:
+        fig.savefig(tmp, dpi=110)
+        tmp.replace(path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise StorageError(f"cannot write the plot {str(path)!r} ({e.strerror or e})") from None
 
 
 def _figure(title: str, ylabel: str) -> tuple[Figure, Any]:
@@ -51,7 +87,7 @@ def _figure(title: str, ylabel: str) -> tuple[Figure, Any]:
     return fig, ax
 
 
-def _plot_ce(records, unigram: float | None, out: Path) -> None:
+def _plot_ce(records, unigram: float | None, out: Path, events=()) -> None:
     fig, ax = _figure("cross-entropy", "CE (nats)")
     x, y = _series(records, "train_ce")
     if x:
@@ -67,10 +103,10 @@ def _plot_ce(records, unigram: float | None, out: Path) -> None:
         ax.axhline(unigram, color="gray", ls=":", label=f"unigram entropy {unigram:.2f}")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="upper right")
-    _save(fig, out)
+    _save(fig, out, events)
 
 
-def _plot_residual(records, tol: float | None, out: Path) -> None:
+def _plot_residual(records, tol: float | None, out: Path, events=()) -> None:
     fig, ax = _figure("free-phase relative residual ‖F(z)‖/‖z‖", "residual")
     drawn = False
     for key, label in (("res_max", "max over batch"), ("res_mean", "mean over batch")):
@@ -84,10 +120,10 @@ def _plot_residual(records, tol: float | None, out: Path) -> None:
         if tol is not None:
             ax.axhline(tol, color="gray", ls=":", label=f"tol {tol:g}")
         ax.legend(loc="upper right")
-    _save(fig, out)
+    _save(fig, out, events)
 
 
-def _plot_nfe(records, out: Path) -> None:
+def _plot_nfe(records, out: Path, events=()) -> None:
     fig, ax = _figure("function evaluations per sample (F, JVP, VJP)", "NFE")
     phases: list[str] = []
     for r in records:
@@ -100,10 +136,10 @@ def _plot_nfe(records, out: Path) -> None:
         ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=0.9, label=k)
     if phases:
         ax.legend(loc="upper right")
-    _save(fig, out)
+    _save(fig, out, events)
 
 
-def _plot_status(records, out: Path) -> None:
+def _plot_status(records, out: Path, events=()) -> None:
     fig, ax = _figure("free-phase status (fraction of samples)", "fraction")
     rows = [r for r in records if r.get("status_frac")]
     if rows:
@@ -114,7 +150,7 @@ def _plot_status(records, out: Path) -> None:
                      alpha=0.8)
         ax.set_ylim(0, 1)
         ax.legend(loc="lower left", fontsize="small")
-    _save(fig, out)
+    _save(fig, out, events)
 
 
 def plot_metrics(records: Sequence[dict[str, Any]], out_dir: str | Path, *,
@@ -127,15 +163,22 @@ def plot_metrics(records: Sequence[dict[str, Any]], out_dir: str | Path, *,
         unigram_entropy: drawn as the bar to beat on the CE plot.
         tol: the free solver's tolerance, drawn on the residual plot.
 
+    Raises:
+        StorageError: a file cannot be written (full disk, permissions).
+
     Returns:
         Paths of the files written (``PLOTS``).
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StorageError(f"cannot create {str(out)!r} ({e.strerror or e})") from None
     steps = [r for r in records if "event" not in r]
+    events = _events(records)
     paths = [out / name for name in PLOTS]
-    _plot_ce(steps, unigram_entropy, paths[0])
-    _plot_residual(steps, tol, paths[1])
-    _plot_nfe(steps, paths[2])
-    _plot_status(steps, paths[3])
+    _plot_ce(steps, unigram_entropy, paths[0], events)
+    _plot_residual(steps, tol, paths[1], events)
+    _plot_nfe(steps, paths[2], events)
+    _plot_status(steps, paths[3], events)
     return paths

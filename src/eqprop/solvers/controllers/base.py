@@ -103,7 +103,7 @@ class Controller(ABC):
     """
 
     eps_min: float = 1e-3
-    eps_max: float = 1.0
+    eps_max: float = 2.0
 
     #: which local error estimate the solver must supply in ``StepInfo.err``:
     #: None, ``"heun"`` (embedded Euler–Heun, free) or ``"doubling"`` (two half steps)
@@ -113,7 +113,7 @@ class Controller(ABC):
         check_positive(self, eps_min=self.eps_min, eps_max=self.eps_max)
         if self.eps_max < self.eps_min:
             raise ConfigError(f"{type(self).__name__}(eps_min={self.eps_min}, "
-                              f"eps_max={self.eps_max}): need eps_min ≤ eps_max")
+                              f"eps_max={self.eps_max}): eps_max must be ≥ eps_min")
 
     def init(self, eps0: Tensor) -> dict[str, Tensor]:
         """Initial per-sample memory for a batch whose first ε is ``eps0`` ``(B,)``."""

@@ -62,4 +62,5 @@ class StepDoubling(Controller):
         factor = torch.nan_to_num(factor, nan=self.factor_min).clamp(self.factor_min,
                                                                      self.factor_max)
         factor = torch.where(accept, factor, factor.clamp_max(self.safety))
-        return Decision(self.clip(eps * factor), accept, {"f_ref": ratchet(f_ref, info, accept)})
+        memory = {"f_ref": ratchet(f_ref, info, accept)}
+        return Decision(self.clip(eps * factor), accept, memory)

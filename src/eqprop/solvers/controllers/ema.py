@@ -17,7 +17,7 @@ class EMAOvershoot(MultiplicativeController):
     """Overshoot test against an exponential moving average of the residual.
 
     Shrink ε when ``g_t > tol · ḡ_(t-1)``, grow otherwise, where
-    ``ḡ_t = (1 - alpha) ḡ_(t-1) + alpha g_t`` (``ḡ_0 = g_0``). On non-normal or
+    ``ḡ_t = (1 - alpha) ḡ_(t-1) + alpha g_t`` (``ḡ_0 = g_0``, ``g_t = ‖F(z_t)‖``). On non-normal or
     mixed-mode fields the residual wiggles from step to step even when ε is stable;
     comparing against the average instead of the last value ignores the wiggle
     and reacts to a sustained rise. ``alpha = 1`` is :class:`Overshoot`.

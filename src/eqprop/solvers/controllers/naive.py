@@ -14,7 +14,7 @@ __all__ = ["Naive"]
 
 @dataclass
 class Naive(MultiplicativeController):
-    """Shrink ε when the residual ``g`` fell by less than ``progress`` in one step, else grow.
+    """Shrink ε when the residual ``‖F‖`` fell by less than ``progress`` in one step, else grow.
 
     **Known wrong; kept as a reference.** The rule has a positive feedback: a small
     ε makes little progress per step, so it shrinks ε further, which makes even less

@@ -14,7 +14,8 @@ __all__ = ["Overshoot"]
 
 @dataclass
 class Overshoot(MultiplicativeController):
-    """Shrink ε when ``g_t > tol · g_(t-1)``, grow it otherwise.
+    """Shrink ε when ``g_t > tol · g_(t-1)``, grow it otherwise (``g_t = ‖F(z_t)‖``, see
+    :attr:`~.base.StepInfo.ratio`).
 
     Above ε_crit the critical mode grows by ``|1 + εμ| > 1`` a step, so the residual
     rises and ε is cut; below it the residual falls and ε grows back. With a strong

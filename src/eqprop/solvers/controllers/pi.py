@@ -46,7 +46,7 @@ class HeunPI(Controller):
         eps_min, eps_max: see :class:`Controller`.
     """
 
-    rtol: float = 0.05
+    rtol: float = 0.1
     pcoeff: float = 0.4
     icoeff: float = 0.3
     safety: float = 0.9
@@ -78,4 +78,5 @@ class HeunPI(Controller):
                                                                      self.factor_max)
         factor = torch.where(accept, factor, factor.clamp_max(self.safety))
         e_prev = torch.where(accept, e_safe, e_prev)
-        return Decision(self.clip(eps * factor), accept, {"f_ref": ratchet(f_ref, info, accept), "e_prev": e_prev})
+        memory = {"f_ref": ratchet(f_ref, info, accept), "e_prev": e_prev}
+        return Decision(self.clip(eps * factor), accept, memory)

@@ -1,0 +1,222 @@
+"""The wall guard: watch the free relaxations and act when they stop converging.
+
+Training that sharpens attention lowers ε_crit until a fixed ε crosses it and the
+free relaxation starts to cycle or diverge (DESIGN.md §2, "the wall"); from then on
+the estimator's gradient is taken away from any fixed point. The guard measures,
+per step, the fraction of the batch's free relaxations that failed, averages it
+over a window, and when that mean reaches a threshold applies the policy of
+:class:`~eqprop.train.config.GuardConfig` (warn, stop, skip, escalate). Every
+decision is a ``wall`` / ``wall_cleared`` event in ``metrics.jsonl`` (drawn on the
+plots), and the guard's whole state is checkpointed, so a resumed run decides
+exactly as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from ..gradients.registry import build_estimator
+from ..solvers import Solution
+from ..solvers.registry import build_solver
+from ..solvers.status import Status
+from .config import GuardConfig, TrainConfig
+from .configio import apply_overrides, config_to_dict, flatten, save_config, unflatten
+from .hooks import ConfigHooks
+from .rundir import CONFIG_FILE
+
+if TYPE_CHECKING:  # the loop imports this module
+    from .loop import Trainer
+
+__all__ = ["FAILED", "WallGuard", "nonfinite_detail", "relaxations_finite"]
+
+#: free-phase statuses that count as a failed relaxation
+FAILED = ("cycling", "diverged", "nonfinite")
+
+
+def relaxations_finite(*solutions: Solution) -> bool:
+    """No sample of these relaxations met NaN/Inf. A diverged state can overflow only in
+    ‖F‖ while LayerNorm still maps it to a finite loss: such an update is garbage too."""
+    return not any(bool((sol.status == Status.NONFINITE).any()) for sol in solutions)
+
+
+def nonfinite_detail(record: dict[str, Any]) -> str:
+    """What was NaN/Inf in a step (relaxation, loss, gradient, penalty), for its event."""
+    parts, status = [], record.get("status") or {}
+    n, B = status.get("nonfinite", 0), sum(status.values())
+    if n:
+        parts.append(f"free relaxation non-finite in {n}/{B} samples")
+    if (record.get("nudge_status") or {}).get("nonfinite"):
+        parts.append(f"nudged relaxation non-finite in {record['nudge_status']['nonfinite']}")
+    for key, name in (("train_ce", "loss"), ("grad_norm", "gradient norm"),
+                      ("penalty", "penalty")):
+        v = record.get(key)
+        if isinstance(v, float) and not math.isfinite(v):
+            parts.append(f"{name} {v}")
+    return "; ".join(parts or ["non-finite value"]) + ": update skipped"
+
+
+class WallGuard:
+    """The guard of one training run.
+
+    Args:
+        cfg: its settings.
+
+    Attributes:
+        wall_skipped: updates skipped by the ``skip`` policy.
+        stop_reason: why the guard stopped the run (None while it runs).
+        changes: the settings its escalations changed, ``{"solver.eps": 0.25, ...}``
+            (absolute values, so applying them again changes nothing).
+    """
+
+    def __init__(self, cfg: GuardConfig):
+        self.cfg = cfg
+        self.window: deque[float] = deque(maxlen=cfg.window)
+        self.tripped = False
+        self.rung = 0
+        self.changes: dict[str, Any] = {}
+        self.wall_skipped = 0
+        self.stop_reason: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.cfg.policy != "off"
+
+    @property
+    def stopped(self) -> bool:
+        return self.stop_reason is not None
+
+    def failed_fraction(self, counts: dict[str, float]) -> float:
+        """Fraction of failed relaxations from status counts (or fractions)."""
+        total = sum(counts.values())
+        labels = FAILED + (("contracting",) if self.cfg.count_contracting else ())
+        return sum(counts.get(k, 0) for k in labels) / total if total else 0.0
+
+    def allow_update(self, counts: dict[str, int]) -> bool:
+        """Whether this batch's update may be applied: False under the ``skip`` policy
+        while tripped, for a batch whose own failed fraction reaches the threshold."""
+        return not (self.cfg.policy == "skip" and self.tripped
+                    and self.failed_fraction(counts) >= self.cfg.threshold)
+
+    # -- after each step ------------------------------------------------------
+    def update(self, trainer: Trainer, record: dict[str, Any]) -> list[dict[str, Any]]:
+        """Feed one step's record; trip, clear or act. Adds ``guard_fail`` (the window's
+        mean) to the record and returns the events to log: a ``nonfinite`` event for an
+        update skipped for NaN/Inf (with any policy), then the guard's own."""
+        events = []
+        if record.get("skip_reason") == "nonfinite":
+            events.append({"step": record["step"], "event": "nonfinite",
+                           "detail": nonfinite_detail(record)})
+        return events + self._watch(trainer, record) if self.active else events
+
+    def _watch(self, trainer: Trainer, record: dict[str, Any]) -> list[dict[str, Any]]:
+        self.window.append(self.failed_fraction(record.get("status") or {}))
+        mean = sum(self.window) / len(self.window)
+        record["guard_fail"] = mean
+        step, c = record["step"], self.cfg
+        base = {"step": step, "fail": mean, "window": len(self.window), "policy": c.policy}
+        if self.tripped:
+            if mean < c.threshold:
+                self.tripped = False
+                return [{**base, "event": "wall_cleared",
+                         "detail": f"failed fraction {mean:.0%} < {c.threshold:.0%} over the "
+                                   f"last {len(self.window)} steps"}]
+            return []
+        if len(self.window) < c.window or mean < c.threshold:
+            return []
+        self.tripped = True
+        what = (f"{mean:.0%} of free relaxations failed over the last {c.window} steps "
+                f"(threshold {c.threshold:.0%})")
+        event: dict[str, Any] = {**base, "event": "wall"}
+        ladder = c.ladder_steps()
+        if c.policy == "warn":
+            event.update(action="warn", detail=f"{what}: no action (policy warn)")
+        elif c.policy == "skip":
+            event.update(action="skip", detail=f"{what}: updates of failing batches are "
+                                               "skipped until it clears")
+        elif c.policy == "escalate" and self.rung < len(ladder):
+            action = ladder[self.rung]
+            self.rung += 1
+            changes = self._escalate(action, trainer)
+            shown = "; ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items())
+            event.update(action=action, changes=changes,
+                         detail=f"{what}: escalation {self.rung}/{len(ladder)}: {shown}")
+            self.window.clear()  # the new settings need fresh evidence
+            self.tripped = False
+        else:
+            used = " (escalation ladder used up)" if c.policy == "escalate" else ""
+            self.stop_reason = f"wall guard at step {step}: {what}{used}"
+            event.update(action="stop", detail=f"{what}{used}: training stops")
+        return [event]
+
+    # -- escalation -------------------------------------------------------------
+    def _escalate(self, action: str, trainer: Trainer) -> dict[str, tuple[Any, Any]]:
+        """Apply one ladder step to the trainer; returns ``{setting: (old, new)}``."""
+        cfg, c = trainer.cfg, self.cfg
+        new: dict[str, Any] = {}
+        if action == "eps":
+            new["solver.eps"] = cfg.solver.eps * c.eps_factor
+            new["estimator.nudge.eps"] = cfg.estimator.nudge.eps * c.eps_factor
+        elif action == "jacreg":
+            reg = cfg.regularizer
+            if reg.name == "none":
+                new.update({"regularizer.name": "jacreg", "regularizer.weight": c.jacreg_weight})
+            elif reg.adaptive:  # raise the adaptive weight's floor (and the weight with it)
+                current = trainer.hooks.reg.current_weight if trainer.hooks.reg else reg.weight
+                floor = min(reg.adapt.w_max, max(current, reg.adapt.w_min) * c.jacreg_factor)
+                new.update({"regularizer.adapt.w_min": floor,
+                            "regularizer.weight": min(max(reg.weight, floor), reg.adapt.w_max)})
+            else:
+                new["regularizer.weight"] = reg.weight * c.jacreg_factor
+        else:  # "solver"
+            new["solver.name"] = c.robust_solver
+            new["estimator.nudge.name"] = c.robust_solver
+        before = {k: v for k, v in flatten(config_to_dict(cfg)).items() if k in new}
+        self.changes.update(new)
+        self.apply(trainer)
+        dist = getattr(trainer, "dist", None)
+        if dist is None or dist.is_main:  # the run directory shows the settings in use
+            save_config(trainer.cfg, trainer.run_dir / CONFIG_FILE)
+        return {k: (before.get(k), v) for k, v in new.items()}
+
+    def apply(self, trainer: Trainer) -> None:
+        """Put :attr:`changes` into the trainer's config and rebuild the solver, the
+        estimator and the regularizer hooks from it (their state carried over)."""
+        if not self.changes:
+            return
+        cfg: TrainConfig = apply_overrides(trainer.cfg, unflatten(self.changes))
+        trainer.cfg = cfg
+        trainer.solver = build_solver(cfg.solver)
+        trainer.estimator = build_estimator(cfg.estimator, cfg.solver)
+        state = trainer.hooks.state_dict()
+        hooks = ConfigHooks(cfg.regularizer, cfg.tracking, cfg.solver.eps,
+                            sync=getattr(trainer, "dist", None))
+        hooks.load_state_dict(state)
+        if hooks.reg is not None and hooks.reg.adaptive is not None:
+            a = hooks.reg.adaptive
+            a.w_min = cfg.regularizer.adapt.w_min
+            a.weight = min(max(a.weight, a.w_min), a.w_max)
+        trainer.hooks = hooks
+
+    # -- checkpoints ------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything an exact resume needs (plain values)."""
+        return {"window": list(self.window), "tripped": self.tripped, "rung": self.rung,
+                "changes": dict(self.changes), "wall_skipped": self.wall_skipped,
+                "stop_reason": self.stop_reason}
+
+    def load_state_dict(self, state: dict[str, Any], trainer: Trainer) -> None:
+        """Restore the state and re-apply the escalations to ``trainer``. A run that the
+        guard had stopped continues with fresh evidence (an empty window)."""
+        self.window = deque((float(x) for x in state.get("window", [])), maxlen=self.cfg.window)
+        self.tripped = bool(state.get("tripped", False))
+        self.rung = int(state.get("rung", 0))
+        self.changes = dict(state.get("changes", {}))
+        self.wall_skipped = int(state.get("wall_skipped", 0))
+        if state.get("stop_reason"):
+            self.window.clear()
+            self.tripped = False
+        self.stop_reason = None
+        self.apply(trainer)
+
