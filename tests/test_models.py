@@ -15,7 +15,8 @@ from tests.conftest import tiny_config, tiny_problem
 def dense_jacobian(field, z: torch.Tensor) -> torch.Tensor:
     """Full Jacobian of one sample ``z (1, ...)`` as an (N, N) matrix, by reverse mode."""
     N = z.numel()
-    return jacrev(lambda u: field.forward_for_jvp(u.view_as(z)).reshape(-1))(z.reshape(-1)).view(N, N)
+    flat = jacrev(lambda u: field.forward_for_jvp(u.view_as(z)).reshape(-1))(z.reshape(-1))
+    return flat.view(N, N)
 
 
 @pytest.mark.parametrize("block", ["asym", "energy"])

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -68,7 +68,7 @@ class TrainBenchConfig:
     check_every: int = 1
     warmup: int = 2
     repeats: int = 5
-    device: str = "cuda"
+    device: str = field(default_factory=lambda: "cuda" if torch.cuda.is_available() else "cpu")
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:

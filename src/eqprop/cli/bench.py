@@ -1,8 +1,10 @@
-"""``eqprop bench <target>``: benchmarks; ``solvers`` compares the relaxation solvers.
+"""``eqprop bench <target>``: benchmarks; ``solvers`` compares the relaxation solvers,
+``train`` times an AsymEP, IFT, BPTT and standard-transformer training step side by side.
 
-Example::
+Examples::
 
     eqprop bench solvers --solvers.cases stiff lm --solvers.out benchmarks/results/solvers_cpu.md
+    eqprop bench train --train.d-model 512 --train.precision tf32
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Literal
 import tyro
 
 from ..bench.solvers import SolverBenchConfig
+from ..bench.train_step import TrainBenchConfig
 
 __all__ = ["Args", "SolversArgs", "run"]
 
@@ -35,16 +38,20 @@ class SolversArgs(SolverBenchConfig):
 class Args:
     """Run one benchmark."""
 
-    target: tyro.conf.Positional[Literal["solvers"]] = "solvers"
+    target: tyro.conf.Positional[Literal["solvers", "train"]] = "solvers"
     """which benchmark to run"""
     solvers: SolversArgs = field(default_factory=SolversArgs)
     """settings of the solver benchmark"""
+    train: TrainBenchConfig = field(default_factory=TrainBenchConfig)
+    """settings of the training-step benchmark (benchmarks/train_step.py adds the sweeps)"""
 
 
 def run(args: Args) -> int:
     """Run the benchmark ``args.target``; returns the exit code."""
     if args.target == "solvers":
         return _solvers(args.solvers)
+    if args.target == "train":
+        return _train(args.train)
     raise AssertionError(f"unknown bench target {args.target!r}")  # tyro restricts the choices
 
 
@@ -60,4 +67,17 @@ def _solvers(a: SolversArgs) -> int:
     if a.out is not None:
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text("# Relaxation solvers (CPU)\n\n" + table)
+    return 0
+
+
+def _train(cfg: TrainBenchConfig) -> int:
+    from ..bench.train_step import bench_train_step
+
+    cols = ["kind", "step", "free", "gradient", "update", "nfe", "tokens_per_s", "tflops",
+            "peak_mem_gb"]
+    rows = bench_train_step(cfg)
+    print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
+    for r in rows:
+        print("| " + " | ".join(f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c])
+                                for c in cols) + " |")
     return 0

@@ -149,7 +149,9 @@ def relax(F: FieldFn, z0: Tensor, solver: Solver, *, tol: float = 1e-5, max_step
         for t in range(max_steps + 1):
             r_abs = sample_norm(state.f)
             denom = sample_norm(state.z) if scale is None else scale
-            r_rel = r_abs / denom.clamp_min(torch.finfo(r_abs.dtype).tiny)
+            # a zero state (or scale) has no relative size: judge its absolute residual
+            r_rel = torch.where(denom > 0, r_abs / denom.clamp_min(torch.finfo(r_abs.dtype).tiny),
+                                r_abs)
             res_trace.append(r_rel)
             if state.eps is not None:
                 eps_trace.append(state.eps)
