@@ -1,14 +1,11 @@
 """``eqprop bench solvers``: relaxation solvers side by side on stiff problems (DESIGN.md §2).
 
-Cases: (i) ``stiff``: an analytic linear field with rotating modes ``a ± ib``
-(``|b| ≫ |a|``, known ε_crit and fixed point); (ii) ``lm``: a fresh equilibrium LM
-whose W_Q, W_K are multiplied by ``qk_scale`` (sharper attention); (iii) ``run``: the
-trained LM of a run directory, on validation text. Per solver: the fraction of samples that reach
-the relative residual ``tol``, their NFE (F, JVP and VJP evaluations) and the
-wall time of the batch. torchdeq's Anderson and Broyden (the optional ``peers``
-extra) run on the same problems, on the map ``G(z) = z + εF(z)``; their NFE per
-sample is the number of evaluations until that sample's residual first reached
-``tol``, measured by a counting wrapper of F.
+Cases: (i) ``stiff``: a linear field with rotating modes ``a ± ib`` (``|b| ≫ |a|``);
+(ii) ``lm``: a fresh LM with W_Q, W_K × ``qk_scale``; (iii) ``run``: a run's trained LM on
+validation text. Per solver: the fraction of samples reaching ``tol``, their NFE (F, JVP,
+VJP) and wall time. torchdeq's Anderson and Broyden (optional ``peers`` extra) run on
+``G(z) = z + εF(z)``; their NFE per sample counts evaluations until that sample first
+reached ``tol`` (a counting wrapper of F).
 """
 
 from __future__ import annotations
