@@ -21,6 +21,7 @@ from ..errors import ConfigError
 from ..fields import Field, FieldFn, jvp
 
 __all__ = ["METHODS", "WHICH", "SampleJacobian", "arnoldi", "check_method", "check_which",
+           "per_sample",
            "sort_eigs"]
 
 #: eigenvalue orderings: largest magnitude, largest real part
@@ -179,3 +180,22 @@ def arnoldi(matvec: MatVec, n: int, k: int, which: str, *, symmetric: bool = Fal
     key = np.abs(w) if which == "LM" else w.real
     order = np.argsort(-key)
     return w[order], np.asarray(V)[:, order[0]], converged
+
+
+def per_sample(F: FieldFn, z_star: Tensor, method: str, tol: float | None,
+               dense: Callable[[Tensor], float],
+               sparse: Callable[[SampleJacobian, float], float]) -> Tensor:
+    """One float per sample ``(B,)`` float64 from each sample's Jacobian operator: ``dense``
+    gets the float64 CPU matrix (small systems, or ``method="dense"``), ``sparse`` gets the
+    matrix-free :class:`SampleJacobian` and the ARPACK tolerance."""
+    check_method(method)
+    tol = default_tol(z_star.dtype) if tol is None else tol
+    B, n = z_star.shape[0], z_star[0].numel()
+    out = torch.empty(B, dtype=torch.float64)
+    for b in range(B):
+        J = SampleJacobian(F, z_star, b)
+        if method == "dense" or (method == "auto" and n <= DENSE_MAX):
+            out[b] = dense(J.dense().to("cpu", torch.float64))
+        else:
+            out[b] = sparse(J, tol)
+    return out

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from ..fields import FieldFn
-from .base import DENSE_MAX, SampleJacobian, arnoldi, check_method, default_tol
+from .base import DENSE_MAX, SampleJacobian, arnoldi, check_method, default_tol, per_sample
 
 __all__ = ["EpsCrit", "eps_crit", "eps_crit_from_eigs", "spectral_radius"]
 
@@ -134,19 +134,15 @@ def spectral_radius(F: FieldFn, z_star: Tensor, eps: float, *, method: str = "au
         method: ``"arpack"``, ``"dense"`` or ``"auto"`` (see :func:`~eqprop.diagnostics.spectrum`).
         tol: ARPACK tolerance (default by dtype).
     """
-    check_method(method)
-    tol = default_tol(z_star.dtype) if tol is None else tol
-    B, n = z_star.shape[0], z_star[0].numel()
-    out = torch.empty(B, dtype=torch.float64)
-    for b in range(B):
-        J = SampleJacobian(F, z_star, b)
-        if method == "dense" or (method == "auto" and n <= DENSE_MAX):
-            M = torch.eye(n, dtype=torch.float64) + eps * J.dense().to("cpu", torch.float64)
-            out[b] = torch.linalg.eigvals(M).abs().max()
-        else:
-            w, _ = _rho_arpack(J, eps, tol, None)
-            out[b] = float(np.abs(w[0])) if len(w) else math.nan
-    return out
+    def dense(Jd: Tensor) -> float:
+        return float(torch.linalg.eigvals(torch.eye(len(Jd), dtype=Jd.dtype) + eps * Jd)
+                     .abs().max())
+
+    def sparse(J: SampleJacobian, tol_: float) -> float:
+        w, _ = _rho_arpack(J, eps, tol_, None)
+        return float(np.abs(w[0])) if len(w) else math.nan
+
+    return per_sample(F, z_star, method, tol, dense, sparse)
 
 
 def eps_crit(F: FieldFn, z_star: Tensor, *, k: int = 6, bisect: bool = True, rtol: float = 1e-3,

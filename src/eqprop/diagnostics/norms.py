@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from ..fields import FieldFn, jvp
-from .base import DENSE_MAX, SampleJacobian, arnoldi, check_method, default_tol
+from .base import SampleJacobian, arnoldi, per_sample
 
 __all__ = ["damping_ratio", "hutchinson_frobenius", "log_norm"]
 
@@ -44,21 +44,16 @@ def log_norm(F: FieldFn, z_star: Tensor, *, method: str = "auto",
     Returns:
         ``(B,)`` float64.
     """
-    check_method(method)
-    tol = default_tol(z_star.dtype) if tol is None else tol
-    B, n = z_star.shape[0], z_star[0].numel()
-    out = torch.empty(B, dtype=torch.float64)
-    for b in range(B):
-        J = SampleJacobian(F, z_star, b)
-        if method == "dense" or (method == "auto" and n <= DENSE_MAX):
-            Jd = J.dense().to("cpu", torch.float64)
-            out[b] = torch.linalg.eigvalsh((Jd + Jd.T) / 2).max()
-            continue
+    def dense(Jd: Tensor) -> float:
+        return float(torch.linalg.eigvalsh((Jd + Jd.T) / 2).max())
+
+    def sparse(J: SampleJacobian, tol_: float) -> float:
         jv, vj = J.numpy_op(J.jvp), J.numpy_op(J.vjp)
-        sym = lambda x, jv=jv, vj=vj: 0.5 * (jv(x) + vj(x))  # noqa: E731 (J + Jᵀ)/2
-        w, _, _ = arnoldi(sym, n, 1, "LR", symmetric=True, tol=tol)
-        out[b] = float(w[0].real) if len(w) else math.nan
-    return out
+        w, _, _ = arnoldi(lambda x: 0.5 * (jv(x) + vj(x)), J.n, 1, "LR",  # (J + Jᵀ)/2
+                          symmetric=True, tol=tol_)
+        return float(w[0].real) if len(w) else math.nan
+
+    return per_sample(F, z_star, method, tol, dense, sparse)
 
 
 def hutchinson_frobenius(F: FieldFn, z_star: Tensor, probes: int = 8,
