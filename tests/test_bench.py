@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from eqprop.bench.train_step import TrainBenchConfig, bench_train_step, flops_per_eval
+from eqprop.bench.train_step import (
+    TrainBenchConfig,
+    bench_relax_loop,
+    bench_train_step,
+    flops_per_eval,
+)
 from eqprop.cli.main import main
 from eqprop.models import EquilibriumLM, ModelConfig
 from eqprop.models.standard import StandardLM
@@ -43,3 +48,13 @@ def test_bench_train_cli_runs_and_rejects_bad_precision(capsys):
     assert main(args) == 0
     assert "| asymep |" in capsys.readouterr().out
     assert main(args + ["--train.precision", "fp8"]) == 2
+
+
+def test_bench_relax_loop_rows_on_cpu():
+    rows = bench_relax_loop(TrainBenchConfig(**TINY), steps=4, chunk=2)
+    # the CUDA-graph variant is skipped on CPU
+    assert [(r["solver"], r["variant"]) for r in rows] == [
+        (s, v) for s in ("euler", "adaptive", "anderson")
+        for v in ("host check every step", "check every 2")]
+    for r in rows:
+        assert r["call_ms"] > 0 and r["kernel_ms"] > 0

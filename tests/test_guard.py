@@ -108,7 +108,8 @@ def test_escalate_shrinks_eps_and_resumes_exactly(tmp_path, text_file):
     assert ev["step"] == 2 and ev["action"] == "eps"
     assert ev["changes"] == {"solver.eps": [2.5, 1.25], "estimator.nudge.eps": [0.5, 0.25]}
     after = steps(full.run_dir)[2:]
-    assert sum(r["status"]["converged"] for r in after) >= 14  # of 16: below the wall again
+    # of 16 (0 of 8 before the escalation): below the wall again
+    assert sum(r["status"]["converged"] for r in after) >= 12
     assert all(r["guard_fail"] < 0.5 for r in after)
     assert load_run(full.run_dir).config.solver.eps == 1.25  # config.yaml and checkpoint
     assert "eps: 1.25" in (full.run_dir / "config.yaml").read_text()

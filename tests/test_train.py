@@ -171,7 +171,7 @@ def test_train_writes_the_run(tmp_path, text_file):
     for key in ("train_ce", "res_max", "res_mean", "nfe", "status", "status_frac", "lr",
                 "grad_norm", "time", "val_ce", "val_ce_ref", "val_status", "ref_status"):
         assert key in r, key
-    assert set(r["nfe"]) == {"free", "nudged+", "nudged-"}
+    assert set(r["nfe"]) == {"free", "nudged+", "nudged-", "residual"}
     assert sum(r["status"].values()) == 4 and math.isclose(sum(r["status_frac"].values()), 1)
     assert "val_ce" not in records[1]
     assert summary.steps == 6 and summary.skipped == 0

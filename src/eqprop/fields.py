@@ -116,24 +116,31 @@ class NudgedField(Field):
         beta: nudging strength (a float; complex for holomorphic EP).
         z_star: the free equilibrium ``(B, ...)``; needed when ``antisym``.
         antisym: add the ``-2A (z - z*)`` term.
+        r_star: optional ``F(z*)`` to subtract, so that ``z*`` is an exact equilibrium
+            of the β = 0 dynamics even when the free phase stopped at a residual.
     """
 
     def __init__(self, field: Field, beta: float | complex, z_star: Tensor | None = None,
-                 antisym: bool = False):
+                 antisym: bool = False, r_star: Tensor | None = None):
         if antisym and z_star is None:
             raise ValueError("NudgedField(antisym=True) needs z_star, the free equilibrium")
         self.field = field
         self.beta = beta
         self.z_star = None if z_star is None else z_star.detach()
         self.antisym = antisym
+        self.r_star = None if r_star is None else r_star.detach()
         # F, plus one JVP and one VJP for 2A; a complex nudge splits 2A d into Re and Im parts
         split = 2 if isinstance(beta, complex) else 1
         self.evals_per_call = field.evals_per_call * (1 + 2 * split if antisym else 1)
-        self._vjp_star = field.vjp_at(self.z_star) if antisym else None
-        self._jvp_star = field.jvp_at(self.z_star) if antisym else None
+        # linearised at z* on first use, so that the recording happens where F is first
+        # evaluated (inside relax: on the stream a captured loop replays on)
+        self._vjp_star: Callable[[Tensor], Tensor] | None = None
+        self._jvp_star: Callable[[Tensor], Tensor] | None = None
 
     def __call__(self, z: Tensor) -> Tensor:
         out = self.field(z) - self.beta * self.field.grad_loss(z)
+        if self.r_star is not None:
+            out = out - self.r_star
         if self.antisym:
             out = out - self._two_a(z - self.z_star)
         return out
@@ -143,6 +150,9 @@ class NudgedField(Field):
         into real and imaginary parts, since J is real there."""
         if d.is_complex() and not self.z_star.is_complex():
             return torch.complex(self._two_a(d.real), self._two_a(d.imag))
+        if self._vjp_star is None or self._jvp_star is None:
+            self._jvp_star = self.field.jvp_at(self.z_star)
+            self._vjp_star = self.field.vjp_at(self.z_star)
         return self._jvp_star(d) - self._vjp_star(d)
 
     def loss(self, z: Tensor) -> Tensor:

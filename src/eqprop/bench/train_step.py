@@ -21,9 +21,9 @@ from ..errors import ConfigError
 from ..gradients import BPTT, IFT, AsymEP, Estimator, gradient_cosine
 from ..models import EquilibriumLM, ModelConfig
 from ..models.standard import StandardLM
-from ..solvers import Euler, relax
+from ..solvers import AdaptiveEuler, Anderson, Euler, Solver, relax
 
-__all__ = ["PRECISIONS", "TrainBenchConfig", "bench_precision", "bench_relax_loop",
+__all__ = ["POLICIES", "PRECISIONS", "TrainBenchConfig", "bench_precision", "bench_relax_loop",
            "bench_train_step", "flops_per_eval"]
 
 PRECISIONS = ("fp32", "tf32", "bf16")
@@ -44,7 +44,11 @@ class TrainBenchConfig:
         ift_tol: GMRES tolerance of the IFT step (set equal to ``nudge_tol``: equal residual).
         bptt_steps: unroll length of the BPTT step.
         precision: fp32, tf32 (TF32 matmuls) or bf16 (autocast).
+        nudge_precision: precision of the gradient phase (nudged relaxations, GMRES,
+            BPTT unroll); None: the same as ``precision``.
         check_every: host check for convergence every k steps.
+        capture: record ``check_every`` relaxation steps as a CUDA graph (free and
+            nudged phases; ignored on CPU).
         warmup, repeats: untimed and timed steps per measurement.
         device: "cuda" or "cpu".
     """
@@ -65,15 +69,18 @@ class TrainBenchConfig:
     ift_tol: float = 1e-2
     bptt_steps: int = 20
     precision: str = "tf32"
+    nudge_precision: str | None = None
     check_every: int = 1
+    capture: bool = False
     warmup: int = 2
     repeats: int = 5
     device: str = field(default_factory=lambda: "cuda" if torch.cuda.is_available() else "cpu")
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision={self.precision!r}: allowed values are "
-                              f"{', '.join(PRECISIONS)}")
+        for name in ("precision", "nudge_precision"):
+            v = getattr(self, name)
+            if v not in PRECISIONS and not (name == "nudge_precision" and v is None):
+                raise ConfigError(f"{name}={v!r}: allowed values are {', '.join(PRECISIONS)}")
         if self.device not in ("cuda", "cpu"):
             raise ConfigError(f"device={self.device!r}: allowed values are cuda, cpu")
         if self.device == "cuda" and not torch.cuda.is_available():
@@ -116,10 +123,11 @@ def _eq_step(model, opt, batch, est: Estimator, cfg: TrainBenchConfig) -> dict[s
     t0 = time.perf_counter()
     field = model.field(tokens, targets)
     sol = relax(field, field.initial_state(), Euler(cfg.eps), tol=cfg.free_tol,
-                max_steps=cfg.free_max_steps, check_every=cfg.check_every)
+                max_steps=cfg.free_max_steps, check_every=cfg.check_every, capture=cfg.capture)
     _sync(cfg.device)
     t1 = time.perf_counter()
-    res = est.estimate(field, sol.z)
+    with precision_context(cfg.nudge_precision or cfg.precision, cfg.device):
+        res = est.estimate(field, sol.z)
     _sync(cfg.device)
     t2 = time.perf_counter()
     res.surrogate.backward()
@@ -128,7 +136,10 @@ def _eq_step(model, opt, batch, est: Estimator, cfg: TrainBenchConfig) -> dict[s
     _sync(cfg.device)
     t3 = time.perf_counter()
     nfe = float(sol.nfe.float().mean()) + sum(float(v.float().mean()) for v in res.nfe.values())
-    return {"free": t1 - t0, "gradient": t2 - t1, "update": t3 - t2, "nfe": nfe + 2.0}
+    nudged = [v.converged.float().mean() for v in res.solutions.values()]
+    return {"free": t1 - t0, "gradient": t2 - t1, "update": t3 - t2, "nfe": nfe + 2.0,
+            "free_conv": float(sol.converged.float().mean()),
+            "nudge_conv": float(torch.stack(nudged).mean()) if nudged else float("nan")}
 
 
 def _std_step(model, opt, batch, cfg: TrainBenchConfig) -> dict[str, float]:
@@ -137,7 +148,8 @@ def _std_step(model, opt, batch, cfg: TrainBenchConfig) -> dict[str, float]:
     opt.step()
     opt.zero_grad(set_to_none=True)
     _sync(cfg.device)
-    return {"free": 0.0, "gradient": 0.0, "update": time.perf_counter() - t0, "nfe": 3.0}
+    return {"free": 0.0, "gradient": 0.0, "update": time.perf_counter() - t0, "nfe": 3.0,
+            "free_conv": float("nan"), "nudge_conv": float("nan")}
 
 
 def _measure(step: Callable[[], dict[str, float]], cfg: TrainBenchConfig) -> dict[str, float]:
@@ -159,8 +171,12 @@ def _peak(precision: str, device: str) -> float | None:
     return next((v[precision] for k, v in PEAK_TFLOPS.items() if k in name), None)
 
 
-def bench_train_step(cfg: TrainBenchConfig, seed: int = 0) -> list[dict[str, float | str]]:
-    """Time the four kinds of training step on one model size; one row per kind."""
+KINDS = ("asymep", "ift", "bptt", "standard")
+
+
+def bench_train_step(cfg: TrainBenchConfig, seed: int = 0,
+                     kinds: tuple[str, ...] = KINDS) -> list[dict[str, float | str]]:
+    """Time the kinds of training step (default: all four) on one model size; a row each."""
     torch.manual_seed(seed)
     mcfg = cfg.model_config()
     g = torch.Generator().manual_seed(seed)
@@ -169,9 +185,10 @@ def bench_train_step(cfg: TrainBenchConfig, seed: int = 0) -> list[dict[str, flo
     eq = EquilibriumLM(mcfg).to(cfg.device)
     std = StandardLM(mcfg).to(cfg.device)
     std.load_state_dict(eq.state_dict())
-    kinds: dict[str, tuple[torch.nn.Module, Estimator | None]] = {
+    steps: dict[str, tuple[torch.nn.Module, Estimator | None]] = {
         "asymep": (eq, AsymEP(beta=cfg.beta, solver=Euler(cfg.eps), tol=cfg.nudge_tol,
-                              max_steps=cfg.nudge_max_steps)),
+                              max_steps=cfg.nudge_max_steps, check_every=cfg.check_every,
+                              capture=cfg.capture)),
         "ift": (eq, IFT(tol=cfg.ift_tol)),
         "bptt": (eq, BPTT(steps=cfg.bptt_steps, solver=Euler(cfg.eps))),
         "standard": (std, None),
@@ -179,7 +196,9 @@ def bench_train_step(cfg: TrainBenchConfig, seed: int = 0) -> list[dict[str, flo
     tokens_per_step = cfg.batch_size * cfg.seq_len
     fl, peak = flops_per_eval(cfg), _peak(cfg.precision, cfg.device)
     rows = []
-    for kind, (model, est) in kinds.items():
+    for kind, (model, est) in steps.items():
+        if kind not in kinds:
+            continue
         state = {k: v.clone() for k, v in model.state_dict().items()}
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
         with precision_context(cfg.precision, cfg.device):
@@ -194,82 +213,105 @@ def bench_train_step(cfg: TrainBenchConfig, seed: int = 0) -> list[dict[str, flo
     return rows
 
 
+#: (free-phase precision, gradient-phase precision) policies compared by bench_precision
+POLICIES = (("fp32", "fp32"), ("tf32", "tf32"), ("bf16", "bf16"), ("tf32", "fp32"),
+            ("bf16", "fp32"))
+
+
 def bench_precision(cfg: TrainBenchConfig, seed: int = 0) -> list[dict[str, float | str]]:
-    """AsymEP gradient cosine vs an fp32 IFT reference, and AsymEP step time, per precision."""
+    """Per precision policy (free phase, gradient phase): the AsymEP gradient's cosine to an
+    fp32 IFT reference (free phase to 1e-6, GMRES to 1e-6), and the AsymEP step time."""
     torch.manual_seed(seed)
     model = EquilibriumLM(cfg.model_config()).to(cfg.device)
     g = torch.Generator().manual_seed(seed)
     tokens, targets = (torch.randint(0, cfg.vocab_size, (cfg.batch_size, cfg.seq_len),
                                      generator=g).to(cfg.device) for _ in range(2))
 
-    def grads(est: Estimator, precision: str, tol: float) -> dict[str, torch.Tensor]:
-        with precision_context(precision, cfg.device):
-            field = model.field(tokens, targets)
+    def grads(est: Estimator, free: str, grad: str, tol: float) -> dict[str, torch.Tensor]:
+        field = model.field(tokens, targets)
+        with precision_context(free, cfg.device):
             sol = relax(field, field.initial_state(), Euler(cfg.eps), tol=tol, max_steps=1000)
-            model.zero_grad(set_to_none=True)
+        model.zero_grad(set_to_none=True)
+        with precision_context(grad, cfg.device):
             est.estimate(field, sol.z).surrogate.backward()
         out = {n: p.grad.detach().float().clone() for n, p in model.named_parameters()}
         model.zero_grad(set_to_none=True)
         return out
 
-    ref = grads(IFT(tol=1e-6, max_iter=1000), "fp32", 1e-6)
+    ref = grads(IFT(tol=1e-6, max_iter=1000), "fp32", "fp32", 1e-6)
     rows = []
-    for precision in PRECISIONS:
+    for free, grad in POLICIES:
         est = AsymEP(beta=cfg.beta, solver=Euler(cfg.eps), tol=cfg.nudge_tol,
                      max_steps=cfg.nudge_max_steps)
-        cos, _ = gradient_cosine(grads(est, precision, cfg.free_tol), ref)
-        timing = bench_train_step(replace(cfg, precision=precision), seed)[0]
-        rows.append({"precision": precision, "cosine": cos, "step": timing["step"],
+        cos, _ = gradient_cosine(grads(est, free, grad, cfg.free_tol), ref)
+        timing = bench_train_step(replace(cfg, precision=free, nudge_precision=grad), seed,
+                                  kinds=("asymep",))[0]
+        rows.append({"free": free, "gradient": grad, "cosine": cos, "step": timing["step"],
+                     "nfe": timing["nfe"], "nudge_conv": timing["nudge_conv"],
                      "tflops": timing["tflops"]})
     return rows
 
 
-def bench_relax_loop(cfg: TrainBenchConfig, steps: int = 50, seed: int = 0) -> list[dict]:
-    """Wall time of ``steps`` free Euler steps against the summed time of their GPU kernels
-    (launch gaps = wall / kernels), eager and with F compiled (CUDA graphs), and with the
-    host checking convergence every step or every 16 steps."""
+def _loop_solvers(cfg: TrainBenchConfig) -> dict[str, Solver]:
+    return {"euler": Euler(cfg.eps), "adaptive": AdaptiveEuler(eps0=cfg.eps),
+            "anderson": Anderson(eps=cfg.eps)}
+
+
+def bench_relax_loop(cfg: TrainBenchConfig, steps: int = 64, chunk: int = 16,
+                     seed: int = 0) -> list[dict[str, float | str]]:
+    """Relaxation-loop wall time against the summed time of its GPU kernels.
+
+    Per solver (Euler, adaptive PI, Anderson) and loop variant (host check every
+    step; every ``chunk`` steps; every ``chunk`` steps with the chunk captured as a
+    CUDA graph), a free relaxation of exactly ``steps`` and of ``2·steps`` steps
+    (the tolerance is never met) is timed. ``call_ms`` is the wall of one
+    ``steps``-step call (warm-up and capture included); ``step_ms`` the marginal
+    cost of a step, ``(wall(2n) - wall(n)) / n``, where one-off costs cancel.
+    ``kernel_ms`` is the summed device time of the kernels of one step (profiled on
+    the eager loop; on CPU the ops' own time), so ``gap = step_ms / kernel_ms`` is 1
+    when no launch gap is left.
+    """
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     torch.manual_seed(seed)
     model = EquilibriumLM(cfg.model_config()).to(cfg.device)
     tokens = torch.randint(0, cfg.vocab_size, (cfg.batch_size, cfg.seq_len), device=cfg.device)
     field = model.field(tokens, tokens)
-    variants: dict[str, Callable] = {"eager": field}
-    try:
-        x = field.x
-
-        def force(z: torch.Tensor) -> torch.Tensor:
-            return model.force(z, x)
-
-        variants["compiled"] = torch.compile(force, mode="reduce-overhead", dynamic=False)
-    except Exception as e:  # compile unavailable: report the eager loop only
-        print(f"torch.compile unavailable: {type(e).__name__}: {e}")
-    rows = []
+    z0 = field.initial_state()
+    rows: list[dict[str, float | str]] = []
     with precision_context(cfg.precision, cfg.device), torch.no_grad():
-        for name, F in variants.items():
-            for check_every in (1, 16):
-                def run() -> None:
-                    relax(F, field.initial_state(), Euler(cfg.eps), tol=1e-30,  # noqa: B023
-                          max_steps=steps, check_every=check_every)  # noqa: B023
-                try:
-                    for _ in range(3):
-                        run()
-                    _sync(cfg.device)
-                    t0 = time.perf_counter()
-                    run()
-                    _sync(cfg.device)
-                    wall = time.perf_counter() - t0
-                    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA]
-                                                     if cfg.device == "cuda" else [])
-                    with profile(activities=acts) as prof:
-                        run()
-                        _sync(cfg.device)
-                    kernels = sum(e.self_device_time_total for e in prof.key_averages()) / 1e6
-                except Exception as e:
-                    print(f"relax loop {name}/check_every={check_every} failed: {e}")
+        for name, solver in _loop_solvers(cfg).items():
+            def run(n: int, check_every: int, capture: bool) -> float:
+                _sync(cfg.device)
+                t0 = time.perf_counter()
+                relax(field, z0, solver, tol=1e-30, max_steps=n,  # noqa: B023
+                      check_every=check_every, capture=capture)
+                _sync(cfg.device)
+                return time.perf_counter() - t0
+
+            acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA]
+                                             if cfg.device == "cuda" else [])
+            run(steps, chunk, False)
+            with profile(activities=acts) as prof:
+                run(steps, chunk, False)
+            # device-side events only (an op's self device time repeats its kernels'); on CPU
+            # the "kernels" are the ops' own CPU time
+            kind = DeviceType.CUDA if cfg.device == "cuda" else DeviceType.CPU
+            kernel = sum(e.self_device_time_total if kind == DeviceType.CUDA
+                         else e.self_cpu_time_total
+                         for e in prof.key_averages() if e.device_type == kind) / 1e6 / steps
+            for variant, check_every, capture in (("host check every step", 1, False),
+                                                  (f"check every {chunk}", chunk, False),
+                                                  (f"CUDA graph of {chunk}", chunk, True)):
+                if capture and cfg.device != "cuda":
                     continue
-                ratio = wall / kernels if kernels else float("nan")
-                rows.append({"variant": name, "check_every": check_every, "wall_s": wall,
-                             "kernel_s": kernels, "ratio": ratio,
-                             "ms_per_step": 1e3 * wall / steps})
+                run(steps, check_every, capture)  # warm-up
+                short = min(run(steps, check_every, capture) for _ in range(3))
+                long = min(run(2 * steps, check_every, capture) for _ in range(3))
+                step_s = (long - short) / steps
+                rows.append({"solver": name, "variant": variant, "call_ms": 1e3 * short,
+                             "step_ms": 1e3 * step_s, "kernel_ms": 1e3 * kernel,
+                             "gap": step_s / kernel if kernel else float("nan"),
+                             "call_gap": short / (steps * kernel) if kernel else float("nan")})
     return rows

@@ -61,7 +61,8 @@ class EstimatorConfig:
 
 def _ep(c: EstimatorConfig, cls: type[EP], centered: bool) -> EP:
     return cls(beta=c.beta, centered=centered, solver=build_solver(c.nudge), tol=c.nudge.tol,
-               max_steps=c.nudge.max_steps)
+               max_steps=c.nudge.max_steps, check_every=c.nudge.check_every,
+               capture=c.nudge.capture)
 
 
 ESTIMATORS: dict[str, Callable[[EstimatorConfig, SolverConfig], Estimator]] = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -34,6 +35,8 @@ class AdaptiveEuler(Solver):
             cheaply in ``benchmarks/results/solvers_cpu.md``).
         eps0: first ε of every sample (clipped to the controller's range).
     """
+
+    capturable: ClassVar[bool] = True
 
     controller: Controller = field(default_factory=HeunPI)
     eps0: float = 0.1

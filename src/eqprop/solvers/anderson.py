@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -45,6 +46,8 @@ class Anderson(Solver):
         eps: ε of the underlying map G (> 0).
         restart_growth: residual growth that triggers the safeguard (≥ 1).
     """
+
+    capturable: ClassVar[bool] = True
 
     m: int = 5
     beta: float = 1.0
@@ -90,7 +93,7 @@ class Anderson(Solver):
         H = torch.where(pair, H, torch.zeros((), dtype=H.dtype, device=H.device))
         H = H + eye * torch.where(valid, ridge[:, None], 1.0).to(H.dtype)[:, None, :]
         rhs = torch.einsum("bin,bn->bi", dR.conj(), r) * valid  # (B, m)
-        gamma = torch.linalg.solve(H, rhs.unsqueeze(-1)).squeeze(-1)  # (B, m)
+        gamma = torch.linalg.solve_ex(H, rhs.unsqueeze(-1))[0].squeeze(-1)  # (B, m), no host sync
         gamma = torch.nan_to_num(gamma) * valid
         return self.beta * r - torch.einsum("bi,bin->bn", gamma.to(dZ.dtype),
                                             dZ + self.beta * dR)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -58,7 +59,14 @@ class SolverState:
 
 
 class Solver(ABC):
-    """One step of a relaxation method. Subclasses are dataclasses of their settings."""
+    """One step of a relaxation method. Subclasses are dataclasses of their settings.
+
+    ``capturable`` is True for solvers whose ``step`` never synchronises with the host
+    (no ``.item()``, no Python branch on a tensor), so that ``relax(capture=True)`` can
+    record it in a CUDA graph.
+    """
+
+    capturable: ClassVar[bool] = False
 
     def init(self, F: FieldFn, z0: Tensor) -> SolverState:
         """Evaluate ``F(z0)`` and set up the state (override to add ε or history)."""
@@ -113,12 +121,16 @@ class Solution:
 
 
 def relax(F: FieldFn, z0: Tensor, solver: Solver, *, tol: float = 1e-5, max_steps: int = 500,
-          trace: bool = False, check_every: int = 1, scale: Tensor | None = None) -> Solution:
+          trace: bool = False, check_every: int = 1, scale: Tensor | None = None,
+          capture: bool = False) -> Solution:
     """Relax ``dz/dt = F(z)`` from ``z0`` to an equilibrium, every sample on its own.
 
     Runs without building an autograd graph. A sample stops moving once its
     relative residual ``g = ‖F(z)‖/‖z‖ ≤ tol`` (or it turns non-finite) while the
-    others go on.
+    others go on. Between two host checks the loop runs ``check_every`` steps
+    entirely on the device (masks by ``torch.where``, residuals written into a
+    preallocated trace), so the result does not depend on ``check_every``; only the
+    wall time does (a finished batch may idle up to ``check_every - 1`` steps).
 
     Args:
         F: batched field (any callable; a :class:`~eqprop.fields.Field` for NFE costs).
@@ -130,6 +142,9 @@ def relax(F: FieldFn, z0: Tensor, solver: Solver, *, tol: float = 1e-5, max_step
         check_every: look for "all done" on the host every k steps (fewer syncs).
         scale: per-sample ``(B,)`` normaliser of the residual, replacing ``‖z‖`` in
             ``g``; e.g. the size of a nudge, so that a small nudge is still resolved.
+        capture: on CUDA, record ``check_every`` steps once as a CUDA graph and replay
+            it (no kernel-launch gaps); needs a solver with ``capturable = True`` and an
+            ``F`` that never synchronises with the host. Ignored on CPU.
 
     Returns:
         A :class:`Solution`.
@@ -140,32 +155,24 @@ def relax(F: FieldFn, z0: Tensor, solver: Solver, *, tol: float = 1e-5, max_step
         raise ValueError(f"max_steps={max_steps!r}: must be an integer ≥ 0")
     if not (isinstance(check_every, int) and check_every >= 1):
         raise ValueError(f"check_every={check_every!r}: must be an integer ≥ 1")
+    if capture and not solver.capturable:
+        raise ValueError(f"capture=True: {type(solver).__name__} synchronises with the host "
+                         "and cannot be captured (capturable solvers: Euler, AdaptiveEuler, "
+                         "Anderson)")
+    from .loop import run_loop  # the device-side loop and its CUDA graph
+
     with torch.no_grad():
-        state = solver.init(F, z0)
+        loop = run_loop(F, z0, solver, tol=tol, max_steps=max_steps, check_every=check_every,
+                        scale=scale, capture=capture and z0.is_cuda)
+        S = int(loop.steps.max()) + 1 if loop.steps.numel() else 1
+        residuals = loop.res[:, :S]  # (B, S)
         B = z0.shape[0]
-        active = torch.ones(B, dtype=torch.bool, device=z0.device)
-        steps = torch.zeros(B, dtype=torch.long, device=z0.device)
-        res_trace, eps_trace = [], []
-        for t in range(max_steps + 1):
-            r_abs = sample_norm(state.f)
-            denom = sample_norm(state.z) if scale is None else scale
-            # a zero state (or scale) has no relative size: judge its absolute residual
-            r_rel = torch.where(denom > 0, r_abs / denom.clamp_min(torch.finfo(r_abs.dtype).tiny),
-                                r_abs)
-            res_trace.append(r_rel)
-            if state.eps is not None:
-                eps_trace.append(state.eps)
-            active = active & (r_rel > tol) & torch.isfinite(r_rel)
-            if t == max_steps or (t % check_every == 0 and not bool(active.any())):
-                break
-            state = state.where(active, solver.step(F, state))
-            steps = steps + active
-        residuals = torch.stack(res_trace, 1)  # (B, S)
-        finite = torch.isfinite(r_rel) & torch.isfinite(state.z.reshape(B, -1)).all(1)
-        status = classify(residuals, converged=r_rel <= tol, finite=finite)
+        finite = torch.isfinite(loop.r_rel) & torch.isfinite(loop.state.z.reshape(B, -1)).all(1)
+        status = classify(residuals, converged=loop.r_rel <= tol, finite=finite,
+                          norms=loop.norms[:, :S])
         return Solution(
-            z=state.z, status=status, steps=steps, nfe=state.nfe, residual=r_abs,
-            rel_residual=r_rel,
+            z=loop.state.z, status=status, steps=loop.steps, nfe=loop.state.nfe,
+            residual=loop.r_abs, rel_residual=loop.r_rel,
             residual_trace=residuals if trace else None,
-            eps_trace=torch.stack(eps_trace, 1) if trace and eps_trace else None,
+            eps_trace=loop.eps[:, :S] if trace and loop.eps is not None else None,
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -22,6 +23,8 @@ class Euler(Solver):
     Args:
         eps: the fixed step ε > 0.
     """
+
+    capturable: ClassVar[bool] = True
 
     eps: float = 0.5
 

@@ -16,7 +16,7 @@ from .implicit import IMEX, ImplicitEuler
 from .newton_krylov import NewtonKrylov
 from .ode import ODE
 
-__all__ = ["SOLVERS", "SolverConfig", "build_solver"]
+__all__ = ["CAPTURABLE", "SOLVERS", "SolverConfig", "build_solver"]
 
 
 @dataclass
@@ -43,6 +43,10 @@ class SolverConfig:
         anderson_restart: residual growth that makes anderson restart its history.
         h: time step of implicit and imex; the first h of ptc.
         ode_rtol: local error of the ode reference, relative to ``RMS(F)``.
+        check_every: the host looks at the convergence masks every k steps; the steps
+            between run without a host synchronisation.
+        capture: on CUDA, record ``check_every`` steps as one CUDA graph and replay it
+            (euler, adaptive and anderson; ignored on CPU). See ``relax``.
     """
 
     name: str = "euler"
@@ -59,6 +63,8 @@ class SolverConfig:
     anderson_restart: float = 2.0
     h: float = 1.0
     ode_rtol: float = 1e-6
+    check_every: int = 1
+    capture: bool = False
 
     def __post_init__(self) -> None:
         if self.name not in SOLVERS:
@@ -79,6 +85,12 @@ class SolverConfig:
         if self.eps_min > self.eps_max:
             raise ConfigError(f"solver eps_min={self.eps_min} > eps_max={self.eps_max}: "
                               "eps_max must be ≥ eps_min")
+        if isinstance(self.check_every, bool) or not isinstance(self.check_every, int) \
+                or self.check_every < 1:
+            raise ConfigError(f"solver check_every={self.check_every!r}: must be an integer ≥ 1")
+        if self.capture and self.name not in CAPTURABLE:
+            raise ConfigError(f"solver capture=True with name={self.name!r}: CUDA-graph capture "
+                              f"is available for {', '.join(CAPTURABLE)}")
         if not (isinstance(self.anderson_m, int) and self.anderson_m >= 1):
             raise ConfigError(f"solver anderson_m={self.anderson_m!r}: must be an integer ≥ 1")
         if not 0 < self.anderson_beta <= 1:
@@ -118,6 +130,10 @@ SOLVERS: dict[str, Callable[[SolverConfig], Solver]] = {
     "imex": lambda c: IMEX(h=c.h),
     "ode": lambda c: ODE(rtol=c.ode_rtol, tol=c.tol),
 }
+
+
+#: solvers whose step never synchronises with the host (``Solver.capturable``)
+CAPTURABLE = ("euler", "adaptive", "anderson")
 
 
 def build_solver(cfg: SolverConfig) -> Solver:

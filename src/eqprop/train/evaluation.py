@@ -51,9 +51,11 @@ def evaluate(model: EquilibriumLM, corpus: Corpus, solver: SolverConfig, cfg: Ev
         tokens, targets = corpus.get_batch(split, cfg.batch_size, T, gen)
         field = model.field(tokens.to(device), targets.to(device))
         sol = relax(field, field.initial_state(), train_solver, tol=solver.tol,
-                    max_steps=solver.max_steps)
+                    max_steps=solver.max_steps, check_every=solver.check_every,
+                    capture=solver.capture)
         # warm start: the reference only has to finish the job (or undo a cycle)
-        sol_ref = relax(field, sol.z, ref_solver, tol=ref.tol, max_steps=ref.max_steps)
+        sol_ref = relax(field, sol.z, ref_solver, tol=ref.tol, max_steps=ref.max_steps,
+                        check_every=ref.check_every, capture=ref.capture)
         ce.append(field.loss(sol.z))  # (B,)
         ce_ref.append(field.loss(sol_ref.z))
         res.append(sol.rel_residual)

@@ -154,8 +154,9 @@ class Trainer:
         self.model.train()
         field = self.model.field(tokens, targets)
         # 1. free phase: relax from the input drive to z*
-        sol = relax(field, field.initial_state(), self.solver, tol=self.cfg.solver.tol,
-                    max_steps=self.cfg.solver.max_steps)
+        sc = self.cfg.solver
+        sol = relax(field, field.initial_state(), self.solver, tol=sc.tol,
+                    max_steps=sc.max_steps, check_every=sc.check_every, capture=sc.capture)
         # 2. the estimator's surrogate: its backward() fills .grad with the estimate
         result = self.estimator.estimate(field, sol.z)
         objective = result.surrogate
