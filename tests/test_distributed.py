@@ -34,7 +34,9 @@ from eqprop.train import (
     train,
 )
 from eqprop.train.checkpoint import load_checkpoint
+from eqprop.train.config import GuardConfig
 from eqprop.train.distributed import rank_seed
+from eqprop.train.guard import WallGuard
 from eqprop.train.metrics import read_metrics
 
 TEXT = ("To be, or not to be, that is the question:\n"
@@ -108,6 +110,15 @@ def _nonfinite(rank: int, text_file: str, out: Path) -> dict:
     return {"skipped": skipped, "weights": weights, "batches": batches}
 
 
+def _guard_skip(rank: int, ctx) -> list[bool]:
+    """A tripped ``skip`` guard (threshold 50 %): rank 1's own batch fails 3 of 4, the
+    global batch 3 of 8. Returns [decision on the global counts, on the rank's own]."""
+    guard = WallGuard(GuardConfig(policy="skip", threshold=0.5))
+    guard.tripped = True
+    own = {"converged": 4, "cycling": 0} if rank == 0 else {"converged": 1, "cycling": 3}
+    return [guard.allow_update(ctx.sum_counts(own)), guard.allow_update(own)]
+
+
 def _resume(rank: int, text_file: str, out: Path) -> None:
     def cfg_in(name: str) -> TrainConfig:
         c = tiny(text_file, out / "resume", name=name, track_every=1, ckpt_every=2,
@@ -136,7 +147,8 @@ def _worker(rank: int, port: int, text_file: str, out: str) -> None:
     ctx = init_distributed("cpu")  # kept open across the scenarios' trainers
     try:
         results = {"gradients": _gradients(rank, text_file, Path(out)),
-                   "nonfinite": _nonfinite(rank, text_file, Path(out))}
+                   "nonfinite": _nonfinite(rank, text_file, Path(out)),
+                   "guard_skip": _guard_skip(rank, ctx)}
         _resume(rank, text_file, Path(out))
         torch.save(results, Path(out) / f"rank{rank}.pt")
     finally:
@@ -195,6 +207,13 @@ def test_nonfinite_on_one_rank_skips_on_every_rank(ddp):
     assert torch.equal(ranks[0]["nonfinite"]["weights"], ranks[1]["nonfinite"]["weights"])
     # each rank drew its own batches
     assert not torch.equal(ranks[0]["nonfinite"]["batches"][0], ranks[1]["nonfinite"]["batches"][0])
+
+
+def test_skip_guard_judges_the_global_batch(ddp):
+    _, ranks = ddp
+    # 3/8 failed globally < 50 %: every rank applies the update, although rank 1's own
+    # batch (3/4 failed) would have been skipped
+    assert [r["guard_skip"] for r in ranks] == [[True, True], [True, False]]
 
 
 def test_resume_under_two_ranks_continues_exactly(ddp):

@@ -232,6 +232,13 @@ class DistContext:
         v, all_nan = self._reduce([math.inf if nan else x, float(nan)], dist.ReduceOp.MIN)
         return math.nan if all_nan > 0.5 else v
 
+    def sum_counts(self, counts: dict[str, int]) -> dict[str, int]:
+        """Per-label counts summed over the ranks: the global batch's (same labels on every
+        rank, e.g. :meth:`Solution.counts`)."""
+        labels = sorted(counts)
+        summed = self._reduce([float(counts[k]) for k in labels], dist.ReduceOp.SUM)
+        return {k: int(round(v)) for k, v in zip(labels, summed, strict=True)}
+
     def reduce_record(self, record: dict[str, Any]) -> dict[str, Any]:
         """A step's metrics over the whole global batch (the record of one process's step
         on the concatenated batch): ``train_ce``, ``penalty``, ``res_mean``, ``nfe`` means,

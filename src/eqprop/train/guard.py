@@ -95,7 +95,8 @@ class WallGuard:
 
     def allow_update(self, counts: dict[str, int]) -> bool:
         """Whether this batch's update may be applied: False under the ``skip`` policy
-        while tripped, for a batch whose own failed fraction reaches the threshold."""
+        while tripped, for a batch whose failed fraction reaches the threshold (under
+        torchrun: the counts of the global batch, summed over the ranks)."""
         return not (self.cfg.policy == "skip" and self.tripped
                     and self.failed_fraction(counts) >= self.cfg.threshold)
 

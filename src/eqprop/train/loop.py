@@ -179,7 +179,8 @@ class Trainer:
         finite = self.dist.all_true(math.isfinite(loss) and math.isfinite(grad_norm) and
                                     math.isfinite(record.get("penalty", 0.0)) and
                                     relaxations_finite(sol, *result.solutions.values()))
-        apply = finite and self.dist.all_true(self.guard.allow_update(sol.counts()))
+        # the guard judges the global batch: the same verdict on every rank
+        apply = finite and self.guard.allow_update(self.dist.sum_counts(sol.counts()))
         if apply:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
