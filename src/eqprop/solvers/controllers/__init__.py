@@ -4,7 +4,14 @@ A controller decides ε per sample; the solver only steps. ``CONTROLLERS`` maps 
 names used in configs to the classes.
 """
 
-from .base import Controller, Decision, MultiplicativeController, StepInfo, scaled_error
+from .base import (
+    Controller,
+    Decision,
+    ErrorController,
+    MultiplicativeController,
+    StepInfo,
+    scaled_error,
+)
 from .doubling import StepDoubling
 from .ema import EMAOvershoot
 from .naive import Naive
@@ -24,6 +31,6 @@ CONTROLLERS: dict[str, type[Controller]] = {
     "ser": SER,
 }
 
-__all__ = ["CONTROLLERS", "SER", "Controller", "Decision", "EMAOvershoot", "HeunPI",
-           "MultiplicativeController", "Naive", "NoiseRelative", "Overshoot", "StepDoubling",
-           "StepInfo", "scaled_error"]
+__all__ = ["CONTROLLERS", "SER", "Controller", "Decision", "EMAOvershoot", "ErrorController",
+           "HeunPI", "MultiplicativeController", "Naive", "NoiseRelative", "Overshoot",
+           "StepDoubling", "StepInfo", "scaled_error"]

@@ -21,8 +21,8 @@ from torch import Tensor
 
 from ...errors import ConfigError
 
-__all__ = ["Controller", "Decision", "MultiplicativeController", "StepInfo", "check_factor",
-           "check_positive", "ratchet", "scaled_error"]
+__all__ = ["Controller", "Decision", "ErrorController", "MultiplicativeController", "StepInfo",
+           "check_factor", "check_positive", "ratchet", "scaled_error"]
 
 
 @dataclass
@@ -148,6 +148,59 @@ class MultiplicativeController(Controller):
     def apply(self, eps: Tensor, bad: Tensor) -> Tensor:
         """``eps·shrink`` where ``bad`` ``(B,)``, else ``eps·grow``, clipped."""
         return self.clip(torch.where(bad, eps * self.shrink, eps * self.grow))
+
+
+@dataclass
+class ErrorController(Controller):
+    """Shared part of the controllers on a scaled local error ``e`` (accept when ``e ≤ 1``):
+    settings, the ratcheted reference of :func:`scaled_error`, and the update
+
+        ε ← ε · clip(safety · gain(e), factor_min, factor_max)
+
+    where a rejected step shrinks ε by at least ``safety``. Subclasses define
+    :meth:`gain` (and any memory it needs, via :meth:`init` and :meth:`remember`).
+
+    Args:
+        rtol: allowed local error per unit step length (see :func:`scaled_error`).
+        safety: safety factor of the update, in (0, 1].
+        factor_min, factor_max: range of the change of ε per step.
+        eps_min, eps_max: see :class:`Controller`.
+    """
+
+    rtol: float = 0.1
+    safety: float = 0.9
+    factor_min: float = 0.2
+    factor_max: float = 10.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_positive(self, rtol=self.rtol, safety=self.safety)
+        check_factor(self, "safety", self.safety, 0.0, 1.0, closed=True)
+        check_factor(self, "factor_min", self.factor_min, 0.0, 1.0)
+        check_factor(self, "factor_max", self.factor_max, 1.0, math.inf)
+
+    def init(self, eps0: Tensor) -> dict[str, Tensor]:
+        return {"f_ref": torch.full_like(eps0, float("nan"))}  # (B,) ratcheted ‖F‖
+
+    @abstractmethod
+    def gain(self, e: Tensor, memory: dict[str, Tensor]) -> Tensor:
+        """Raw change of ε ``(B,)`` for the scaled error ``e > 0`` ``(B,)``."""
+
+    def remember(self, e: Tensor, accept: Tensor, memory: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Memory besides ``f_ref`` after the decision (none by default)."""
+        return {}
+
+    def propose(self, eps: Tensor, info: StepInfo) -> Decision:
+        e, f_ref = scaled_error(info, self.rtol, info.memory["f_ref"])
+        accept = e <= 1.0
+        e = e.clamp_min(1e-12)  # e = 0: a perfectly linear step, grow by factor_max
+        factor = self.safety * self.gain(e, info.memory)
+        factor = torch.nan_to_num(factor, nan=self.factor_min).clamp(self.factor_min,
+                                                                     self.factor_max)
+        factor = torch.where(accept, factor, factor.clamp_max(self.safety))
+        memory = {"f_ref": ratchet(f_ref, info, accept),
+                  **self.remember(e, accept, info.memory)}
+        return Decision(self.clip(eps * factor), accept, memory)
 
 
 def scaled_error(info: StepInfo, rtol: float, f_ref: Tensor) -> tuple[Tensor, Tensor]:
