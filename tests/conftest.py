@@ -14,10 +14,14 @@ def tiny_config(**overrides) -> ModelConfig:
     return ModelConfig(**base)
 
 
-def tiny_problem(block: str = "asym", B: int = 3, seed: int = 0, **overrides):
-    """(model, field, z_star) in float64 with z* solved to g ≤ 1e-12."""
+def tiny_problem(block: str = "asym", B: int = 3, seed: int = 0, readout: float = 1.0,
+                 **overrides):
+    """(model, field, z_star) in float64 with z* solved to g ≤ 1e-12; ``readout`` scales
+    the readout weights (sharper than at init: the nudged equilibrium turns nonlinear in β)."""
     torch.manual_seed(seed)
     model = EquilibriumLM(tiny_config(block=block, **overrides)).double()
+    with torch.no_grad():
+        model.W_out.weight.mul_(readout)
     g = torch.Generator().manual_seed(seed + 1)
     tokens = torch.randint(0, 11, (B, model.cfg.seq_len), generator=g)
     targets = torch.randint(0, 11, (B, model.cfg.seq_len), generator=g)
@@ -35,3 +39,13 @@ def asym_problem():
 @pytest.fixture
 def energy_problem():
     return tiny_problem("energy")
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny float64 models: intra-op threads only add synchronisation (10x slower on a
+    busy 2-core machine); use with ``pytest.mark.usefixtures("one_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

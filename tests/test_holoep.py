@@ -6,41 +6,24 @@ import pytest
 import torch
 import torch.nn.functional as Fn
 
-from eqprop import EP, IFT, AsymEP, EquilibriumLM, Euler, estimate_grads, gradient_cosine, relax
+from eqprop import EP, IFT, AsymEP, Euler, estimate_grads, gradient_cosine
 from eqprop.errors import ConfigError
 from eqprop.gradients import HoloEP
 from eqprop.gradients.registry import EstimatorConfig, build_estimator
 from eqprop.models.attention import gelu_tanh, masked_logsumexp, masked_softmax, softplus
 from eqprop.solvers.registry import SolverConfig
-from tests.conftest import tiny_config
+from tests.conftest import tiny_problem
 
 NUDGE = dict(tol=1e-9, max_steps=2000)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny float64 models: intra-op threads only add synchronisation (10x slower on a
-    busy 2-core machine), so these tests run single-threaded and restore the setting."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def sharp_problem(block: str, B: int = 2, readout: float = 3.0, seed: int = 0):
     """A tiny float64 model whose readout is ``readout`` times sharper than at init, so the
     nudged equilibrium is far from linear in β at β ~ 1 (where centered EP's O(β²) shows)."""
-    torch.manual_seed(seed)
-    model = EquilibriumLM(tiny_config(block=block)).double()
-    with torch.no_grad():
-        model.W_out.weight.mul_(readout)
-    g = torch.Generator().manual_seed(seed + 1)
-    tokens = torch.randint(0, 11, (B, model.cfg.seq_len), generator=g)
-    targets = torch.randint(0, 11, (B, model.cfg.seq_len), generator=g)
-    field = model.field(tokens, targets)
-    sol = relax(field, field.initial_state(), Euler(0.5), tol=1e-12, max_steps=1000)
-    assert bool(sol.converged.all()), sol.summary()
-    return model, field, sol.z
+    return tiny_problem(block, B=B, seed=seed, readout=readout)
 
 
 # -- the complex forward --------------------------------------------------------------------

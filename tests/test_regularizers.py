@@ -24,14 +24,7 @@ from tests.conftest import tiny_problem
 P = 4096
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny float64 models: intra-op threads only add synchronisation (10x slower on a
-    busy 2-core machine), so these tests run single-threaded and restore the setting."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def dense(fn, z: torch.Tensor) -> torch.Tensor:
