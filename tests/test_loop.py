@@ -9,7 +9,7 @@ import torch
 
 from eqprop import Euler, relax
 from eqprop.errors import ConfigError
-from eqprop.solvers import AdaptiveEuler, Anderson, NewtonKrylov, Status
+from eqprop.solvers import AdaptiveEuler, Anderson, Broyden, NewtonKrylov, Status
 from eqprop.solvers.registry import SolverConfig
 
 from .conftest import tiny_problem
@@ -37,6 +37,7 @@ SOLVERS = {
     "euler": lambda: Euler(0.3),
     "adaptive": lambda: AdaptiveEuler(),
     "anderson": lambda: Anderson(m=4, eps=0.3),
+    "broyden": lambda: Broyden(m=30, eps=0.3),
 }
 
 

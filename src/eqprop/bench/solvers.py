@@ -30,7 +30,7 @@ __all__ = ["DEFAULT_SOLVERS", "CountingField", "SolverBenchConfig", "bench_solve
 #: solver specs ``name[:controller][@eps]`` run by default
 DEFAULT_SOLVERS = ("euler@0.1", "euler", "adaptive:overshoot", "adaptive:ema", "adaptive:noise",
                    "adaptive:pi", "adaptive:doubling", "adaptive:ser", "adaptive:naive",
-                   "anderson", "newton", "implicit", "ptc", "imex", "ode")
+                   "anderson", "broyden", "newton", "implicit", "ptc", "imex", "ode")
 PEERS = ("torchdeq-anderson", "torchdeq-broyden")
 CASES = ("stiff", "lm", "run")
 

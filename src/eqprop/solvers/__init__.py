@@ -3,6 +3,7 @@
 from .adaptive import AdaptiveEuler
 from .anderson import Anderson
 from .base import Solution, Solver, SolverState, bcast, relax, sample_norm
+from .broyden import Broyden
 from .controllers import (
     CONTROLLERS,
     SER,
@@ -21,7 +22,7 @@ from .ode import ODE, settling_time
 from .registry import SOLVERS, SolverConfig, build_solver
 from .status import Status, classify
 
-__all__ = ["CONTROLLERS", "IMEX", "ODE", "SER", "SOLVERS", "AdaptiveEuler", "Anderson",
+__all__ = ["CONTROLLERS", "IMEX", "ODE", "SER", "SOLVERS", "AdaptiveEuler", "Anderson", "Broyden",
            "Controller", "EMAOvershoot", "Euler", "HeunPI", "ImplicitEuler", "Naive",
            "NewtonKrylov", "NoiseRelative", "Overshoot", "Solution", "Solver", "SolverConfig",
            "SolverState", "Status", "StepDoubling", "bcast", "build_solver", "classify", "relax",

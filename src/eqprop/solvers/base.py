@@ -158,7 +158,7 @@ def relax(F: FieldFn, z0: Tensor, solver: Solver, *, tol: float = 1e-5, max_step
     if capture and not solver.capturable:
         raise ValueError(f"capture=True: {type(solver).__name__} synchronises with the host "
                          "and cannot be captured (capturable solvers: Euler, AdaptiveEuler, "
-                         "Anderson)")
+                         "Anderson, Broyden)")
     from .loop import run_loop  # the device-side loop and its CUDA graph
 
     with torch.no_grad():

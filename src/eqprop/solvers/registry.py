@@ -10,6 +10,7 @@ from ..errors import ConfigError
 from .adaptive import AdaptiveEuler
 from .anderson import Anderson
 from .base import Solver
+from .broyden import Broyden
 from .controllers import CONTROLLERS, SER
 from .euler import Euler
 from .implicit import IMEX, ImplicitEuler
@@ -25,10 +26,12 @@ class SolverConfig:
 
     Args:
         name: which solver (see ``SOLVERS``): euler, adaptive (Euler with a
-            controller), anderson, newton (Newton–Krylov), implicit (backward Euler),
+            controller), anderson, broyden (limited-memory Broyden root finding),
+            newton (Newton–Krylov), implicit (backward Euler),
             ptc (pseudo-transient continuation: backward Euler with SER-grown h),
             imex, ode (the continuous-time reference).
-        eps: step size ε (euler; the first ε of adaptive; the ε of anderson's map).
+        eps: step size ε (euler; the first ε of adaptive; the ε of anderson's map;
+            broyden's initial inverse Jacobian -εI).
         tol: relative residual ``‖F‖/‖z‖`` that counts as converged.
         max_steps: step budget.
         controller: step-size controller of adaptive (see
@@ -41,12 +44,14 @@ class SolverConfig:
         anderson_beta: anderson's mixing, in (0, 1].
         anderson_lam: anderson's ridge, relative to the history.
         anderson_restart: residual growth that makes anderson restart its history.
+        broyden_m: broyden's history size (the inverse Jacobian's rank before a
+            restart); memory ``2 · broyden_m`` states per sample.
         h: time step of implicit and imex; the first h of ptc.
         ode_rtol: local error of the ode reference, relative to ``RMS(F)``.
         check_every: the host looks at the convergence masks every k steps; the steps
             between run without a host synchronisation.
         capture: on CUDA, record ``check_every`` steps as one CUDA graph and replay it
-            (euler, adaptive and anderson; ignored on CPU). See ``relax``.
+            (euler, adaptive, anderson and broyden; ignored on CPU). See ``relax``.
     """
 
     name: str = "euler"
@@ -61,6 +66,7 @@ class SolverConfig:
     anderson_beta: float = 1.0
     anderson_lam: float = 1e-4
     anderson_restart: float = 2.0
+    broyden_m: int = 100
     h: float = 1.0
     ode_rtol: float = 1e-6
     check_every: int = 1
@@ -99,6 +105,9 @@ class SolverConfig:
             raise ConfigError(f"solver anderson_lam={self.anderson_lam!r}: must be ≥ 0")
         if not self.anderson_restart >= 1:
             raise ConfigError(f"solver anderson_restart={self.anderson_restart!r}: must be ≥ 1")
+        if isinstance(self.broyden_m, bool) or not isinstance(self.broyden_m, int) \
+                or self.broyden_m < 1:
+            raise ConfigError(f"solver broyden_m={self.broyden_m!r}: must be an integer ≥ 1")
 
 
 def _adaptive(c: SolverConfig) -> Solver:
@@ -124,6 +133,7 @@ SOLVERS: dict[str, Callable[[SolverConfig], Solver]] = {
     "adaptive": _adaptive,
     "anderson": lambda c: Anderson(m=c.anderson_m, beta=c.anderson_beta, lam=c.anderson_lam,
                                    eps=c.eps, restart_growth=c.anderson_restart),
+    "broyden": lambda c: Broyden(m=c.broyden_m, eps=c.eps),
     "newton": lambda c: NewtonKrylov(),
     "implicit": lambda c: ImplicitEuler(h=c.h),
     "ptc": _ptc,
@@ -133,7 +143,7 @@ SOLVERS: dict[str, Callable[[SolverConfig], Solver]] = {
 
 
 #: solvers whose step never synchronises with the host (``Solver.capturable``)
-CAPTURABLE = ("euler", "adaptive", "anderson")
+CAPTURABLE = ("euler", "adaptive", "anderson", "broyden")
 
 
 def build_solver(cfg: SolverConfig) -> Solver:
