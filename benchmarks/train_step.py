@@ -63,7 +63,8 @@ def main() -> None:
              f"torch {torch.__version__}. Base: d_model={base.d_model}, heads={base.n_heads}, "
              f"d_ff={base.d_ff}, layers={base.n_layers}, T={base.seq_len}, B={base.batch_size}; "
              f"Euler ε={base.eps}, free tol {base.free_tol} (≤{base.free_max_steps} steps), "
-             f"AsymEP β={base.beta} nudge tol {base.nudge_tol}, IFT tol {base.ift_tol}, "
+             f"AsymEP β={base.beta} nudge tol {base.nudge_tol} ({base.nudge_solver} unless "
+             f"named), IFT tol {base.ift_tol}, "
              f"BPTT {base.bptt_steps} steps. Times are means of {base.repeats} steps after "
              f"{base.warmup} warm-up steps. TFLOP/s counts matmul FLOPs per F-equivalent "
              "evaluation (NFE).", ""]
@@ -77,14 +78,14 @@ def main() -> None:
         with open(os.path.join(a.out_dir, "train_step.json"), "w") as fh:
             json.dump(results, fh, indent=1)
 
-    modes = {"fp32": replace(base, precision="fp32", nudge_precision=None, capture=False,
-                             check_every=1),
-             "tf32": replace(base, precision="tf32", nudge_precision=None, capture=False,
-                             check_every=1),
-             "tf32 free, fp32 gradient": replace(base, capture=False, check_every=1),
+    eager = replace(base, capture=False, check_every=1)
+    modes = {"fp32": replace(eager, precision="fp32", nudge_precision=None),
+             "tf32": replace(eager, precision="tf32", nudge_precision=None),
+             "tf32 free, fp32 gradient": eager,
+             "tf32 free, fp32 gradient, Anderson nudge": replace(eager, nudge_solver="anderson"),
              "tf32 free, fp32 gradient, CUDA graph of 16 steps": base,
-             "tf32 free, fp32 gradient, CUDA graphs, nudge and GMRES tol 0.1":
-                 replace(base, nudge_tol=0.1, ift_tol=0.1)}
+             "tf32 free, fp32 gradient, Anderson nudge, nudge and GMRES tol 0.1":
+                 replace(eager, nudge_solver="anderson", nudge_tol=0.1, ift_tol=0.1)}
     for mode, cfg in modes.items() if "base" in sections else ():
         if cfg.capture and a.device != "cuda":
             continue

@@ -159,7 +159,7 @@ def test_robust_solver_step(tmp_path, text_file):
     t = Trainer(walled(text_file, tmp_path, "escalate", ladder="solver"))
     changes = t.guard._escalate("solver", t)
     assert changes == {"solver.name": ("euler", "adaptive"),
-                       "estimator.nudge.name": ("euler", "adaptive")}
+                       "estimator.nudge.name": ("anderson", "adaptive")}
     assert type(t.solver).__name__ == "AdaptiveEuler"
 
 

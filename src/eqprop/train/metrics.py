@@ -129,7 +129,8 @@ class MetricsLog:
 
 
 def format_progress(record: dict[str, Any]) -> str:
-    """Short progress-bar text: CE, free-phase residual, NFE per phase, status counts."""
+    """Short progress-bar text: CE, free-phase residual, NFE per relaxation phase (free /
+    nudged ...; the single F(z*) of the residual correction is left out), status counts."""
     parts = []
     if record.get("train_ce") is not None:
         parts.append(f"ce {record['train_ce']:.3f}")
@@ -137,7 +138,7 @@ def format_progress(record: dict[str, Any]) -> str:
         parts.append(f"val {record['val_ce']:.3f}")
     if record.get("res_max") is not None:
         parts.append(f"res {record['res_max']:.1e}")
-    nfe = record.get("nfe") or {}
+    nfe = {k: v for k, v in (record.get("nfe") or {}).items() if k != "residual"}
     if nfe:
         parts.append("nfe " + "/".join(f"{v:.0f}" for v in nfe.values()))
     status = record.get("status") or {}
