@@ -21,7 +21,7 @@ from eqprop.bench.train_step import (
     bench_train_step,
 )
 
-SECTIONS = ("base", "loop", "precision", "scaling")
+SECTIONS = ("base", "loop", "precision", "scaling", "large")
 SCALING = {"seq_len": (128, 256, 512, 1024), "d_model": (256, 512, 1024, 2048),
            "batch_size": (8, 16, 32, 64), "n_layers": (1, 2, 4)}
 
@@ -105,6 +105,9 @@ def main() -> None:
     if "loop" in sections:
         section_loop(base, results, lines)
         flush()
+    if "large" in sections:
+        section_large(eager, results, lines, a.quick)
+        flush()
     for dim, values in scaling.items() if "scaling" in sections else ():
         rows = []
         for v in values:
@@ -121,6 +124,37 @@ def main() -> None:
         print("\n".join(lines[-len(rows) - 4:]), flush=True)
         flush()
         plot(results, scaling, a.out_dir)
+
+
+def section_large(eager: TrainBenchConfig, results: dict, lines: list[str], quick: bool) -> None:
+    """A large β lifts the nudge above TF32's round-off: the precision table again at β = 20,
+    then d_model 2048, B 64 with the gradient phase in fp32 and in TF32 (TF32 peak vs fp32's),
+    and the precision table at that size."""
+    loose = replace(eager, beta=20.0, nudge_tol=0.1, ift_tol=0.1, nudge_solver="anderson")
+    prec = bench_precision(loose)
+    results["precision_beta20"] = prec
+    lines += ["## Precision policy at β = 20 (Anderson nudge, nudge and GMRES tol 0.1)", ""]
+    lines += fmt(prec, ["free", "gradient", "cosine", "step", "nfe", "nudge_conv", "tflops"])
+    big = replace(loose, d_model=2048, n_heads=16, d_ff=8192, batch_size=64, repeats=2)
+    if quick:
+        big = replace(loose, d_model=64, n_heads=2, d_ff=128, batch_size=8, repeats=1)
+    rows = []
+    for grad in ("fp32", "tf32"):
+        for r in bench_train_step(replace(big, nudge_precision=grad),
+                                  kinds=("asymep", "ift", "standard")):
+            rows.append({"grad_precision": grad, **r})
+    results["large"] = rows
+    lines += ["", f"## d_model {big.d_model}, d_ff {big.d_ff}, B {big.batch_size}: TF32 free "
+              "phase, gradient phase fp32 or TF32 (β = 20, tol 0.1, Anderson nudge)", ""]
+    lines += fmt(rows, ["grad_precision", "kind", "step", "free", "gradient", "nfe", "nudge_conv",
+                        "tokens_per_s", "tflops", "peak_frac", "peak_mem_gb"]) + [""]
+    prec = bench_precision(big)
+    results["precision_large"] = prec
+    lines += [f"## Precision policy at d_model {big.d_model}, B {big.batch_size} (β = 20, tol 0.1, "
+              "Anderson nudge)", ""]
+    lines += fmt(prec, ["free", "gradient", "cosine", "step", "nfe", "nudge_conv", "tflops"])
+    lines += [""]
+    print("\n".join(lines[-len(rows) - 28:]), flush=True)
 
 
 def section_loop(base: TrainBenchConfig, results: dict, lines: list[str]) -> None:

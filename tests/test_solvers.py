@@ -354,3 +354,20 @@ def test_bench_solvers_smoke(tmp_path):
     assert "| newton |" in out.read_text()
     with pytest.raises(ConfigError, match="allowed: euler"):
         SolverBenchConfig(solvers=("rk4",))
+
+
+def test_anderson_runs_under_bf16_autocast():
+    """The m×m least-squares problem runs outside autocast (LU has no bf16 kernel, and a
+    bf16 Gram matrix would lose the differences it is made of); the LM still relaxes."""
+    from tests.conftest import tiny_problem
+
+    model, field, z64 = tiny_problem("asym", B=2)
+    model.float()
+    field = model.field(field.tokens, field.targets)
+    z_ref = z64.float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        sol = relax(field, field.initial_state(), Anderson(eps=0.5), tol=2e-2, max_steps=200)
+    assert sol.converged.all(), sol.summary()
+    start_err = (field.initial_state() - z_ref).norm() / z_ref.norm()
+    err = (sol.z - z_ref).norm() / z_ref.norm()
+    assert err < 0.04 and start_err > 0.3, (err, start_err)  # z* at bf16 accuracy

@@ -81,19 +81,24 @@ class Anderson(Solver):
         return replace(state, eps=eps, aux=aux)
 
     def _mix(self, r: Tensor, dZ: Tensor, dR: Tensor, count: Tensor) -> Tensor:
-        """Anderson update direction per sample; ``r`` (B, N), histories (B, m, N)."""
-        B, m, _ = dR.shape
-        valid = torch.arange(m, device=r.device)[None, :] < count[:, None]  # (B, m)
-        pair = valid[:, :, None] & valid[:, None, :]  # (B, m, m)
-        H = torch.einsum("bin,bjn->bij", dR.conj(), dR)  # (B, m, m) Gram matrix ΔRᴴΔR
-        scale = torch.diagonal(H, dim1=1, dim2=2).real.sum(1) / count.clamp_min(1)  # (B,)
-        eye = torch.eye(m, dtype=H.dtype, device=H.device)
-        ridge = (self.lam * scale).clamp_min(torch.finfo(scale.dtype).tiny)
-        # invalid columns: identity rows so that their γ is exactly 0
-        H = torch.where(pair, H, torch.zeros((), dtype=H.dtype, device=H.device))
-        H = H + eye * torch.where(valid, ridge[:, None], 1.0).to(H.dtype)[:, None, :]
-        rhs = torch.einsum("bin,bn->bi", dR.conj(), r) * valid  # (B, m)
-        gamma = torch.linalg.solve_ex(H, rhs.unsqueeze(-1))[0].squeeze(-1)  # (B, m), no host sync
+        """Anderson update direction per sample; ``r`` (B, N), histories (B, m, N).
+
+        The small least-squares problem runs outside autocast, in the state's precision: a
+        bf16 Gram matrix loses the differences it is made of, and LU has no bf16 kernel.
+        """
+        with torch.autocast(r.device.type, enabled=False):
+            B, m, _ = dR.shape
+            valid = torch.arange(m, device=r.device)[None, :] < count[:, None]  # (B, m)
+            pair = valid[:, :, None] & valid[:, None, :]  # (B, m, m)
+            H = torch.einsum("bin,bjn->bij", dR.conj(), dR)  # (B, m, m) Gram matrix ΔRᴴΔR
+            scale = torch.diagonal(H, dim1=1, dim2=2).real.sum(1) / count.clamp_min(1)  # (B,)
+            eye = torch.eye(m, dtype=H.dtype, device=H.device)
+            ridge = (self.lam * scale).clamp_min(torch.finfo(scale.dtype).tiny)
+            # invalid columns: identity rows so that their γ is exactly 0
+            H = torch.where(pair, H, torch.zeros((), dtype=H.dtype, device=H.device))
+            H = H + eye * torch.where(valid, ridge[:, None], 1.0).to(H.dtype)[:, None, :]
+            rhs = torch.einsum("bin,bn->bi", dR.conj(), r) * valid  # (B, m)
+            gamma = torch.linalg.solve_ex(H, rhs.unsqueeze(-1))[0].squeeze(-1)  # (B, m), no sync
         gamma = torch.nan_to_num(gamma) * valid
         return self.beta * r - torch.einsum("bi,bin->bn", gamma.to(dZ.dtype),
                                             dZ + self.beta * dR)
