@@ -5,7 +5,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-from eqprop import BPTT, EP, IFT, AsymEP, Euler, estimate_grads, gmres, gradient_cosine, relax
+from eqprop import (
+    BPTT,
+    EP,
+    IFT,
+    Anderson,
+    AsymEP,
+    Euler,
+    estimate_grads,
+    gmres,
+    gradient_cosine,
+    relax,
+)
 from eqprop.errors import ConfigError
 from eqprop.gradients.registry import EstimatorConfig, build_estimator
 from eqprop.solvers.registry import SolverConfig
@@ -162,3 +173,23 @@ def test_residual_correction_finishes_sooner_with_the_same_gradient():
         assert gradient_cosine(grads, ref)[0] > 0.9999
         steps[corr] = res.solutions["nudged+"].steps
     assert (steps[True] < 0.8 * steps[False]).all(), steps
+
+
+@pytest.mark.parametrize("cls", [EP, AsymEP])
+@pytest.mark.parametrize("solver", [Euler(0.5), Anderson(eps=0.5)])
+def test_nudges_relaxed_as_one_batch_equal_one_after_the_other(cls, solver):
+    """``batch_nudges``: the ±β phases as one 2B batch give each sample the same nudged
+    equilibrium, steps, NFE and status as two separate relaxations."""
+    model, field, z_star = tiny_problem("asym", B=3)
+    assert field.repeated(2) is not None
+    res = {}
+    for batched in (True, False):
+        est = cls(beta=1e-2, solver=solver, tol=1e-6, max_steps=400, batch_nudges=batched)
+        res[batched] = est.estimate(field, z_star)
+    torch.testing.assert_close(res[True].signal, res[False].signal, rtol=1e-9, atol=1e-9)
+    for key in ("nudged+", "nudged-"):
+        a, b = res[True].solutions[key], res[False].solutions[key]
+        assert a.z.shape == z_star.shape
+        for name in ("steps", "nfe", "status"):
+            assert getattr(a, name).tolist() == getattr(b, name).tolist(), (key, name)
+    assert res[True].solutions["nudged+"].converged.all()

@@ -61,6 +61,12 @@ class Field(ABC):
         (``torch.func.linearize`` was measured for this: its tracing costs seconds per call.)"""
         return Linearization(self.forward_for_jvp, z)
 
+    def repeated(self, n: int) -> Field | None:
+        """The same field on its batch repeated ``n`` times (sample ``k·B + b`` is sample
+        ``b``), or None when the field cannot build one; estimators then relax their
+        nudged phases one after the other instead of as one batch."""
+        return None
+
     def loss(self, z: Tensor) -> Tensor:
         """Per-sample loss ``L_b(z)``, shape ``(B,)``, differentiable in the parameters."""
         raise NotImplementedError(f"{type(self).__name__} defines no loss")
@@ -148,14 +154,16 @@ class NudgedField(Field):
 
     Args:
         field: the free field ``F`` (must define ``loss``).
-        beta: nudging strength (a float; complex for holomorphic EP).
+        beta: nudging strength: a float (complex for holomorphic EP), or a per-sample
+            ``(B,)`` tensor (several nudges relaxed as one batch).
         z_star: the free equilibrium ``(B, ...)``; needed when ``antisym``.
         antisym: add the ``-2A (z - z*)`` term.
         r_star: optional ``F(z*)`` to subtract, so that ``z*`` is an exact equilibrium
             of the β = 0 dynamics even when the free phase stopped at a residual.
     """
 
-    def __init__(self, field: Field, beta: float | complex, z_star: Tensor | None = None,
+    def __init__(self, field: Field, beta: float | complex | Tensor,
+                 z_star: Tensor | None = None,
                  antisym: bool = False, r_star: Tensor | None = None):
         if antisym and z_star is None:
             raise ValueError("NudgedField(antisym=True) needs z_star, the free equilibrium")
@@ -172,7 +180,10 @@ class NudgedField(Field):
         self._lin: Linearization | None = None
 
     def __call__(self, z: Tensor) -> Tensor:
-        out = self.field(z) - self.beta * self.field.grad_loss(z)
+        beta = self.beta
+        if isinstance(beta, Tensor):
+            beta = beta.reshape(beta.shape + (1,) * (z.dim() - 1))  # (B, 1, ...)
+        out = self.field(z) - beta * self.field.grad_loss(z)
         if self.r_star is not None:
             out = out - self.r_star
         if self.antisym:

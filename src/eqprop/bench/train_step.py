@@ -48,6 +48,7 @@ class TrainBenchConfig:
             base size), while β = 0.5 reaches 0.01 in 13 Euler steps with a better cosine
             to IFT (0.99998 vs 0.99989).
         nudge_solver: solver of the nudged phases, ``euler`` or ``anderson`` (step ``eps``).
+        batch_nudges: relax AsymEP's ±β phases as one batch of 2B samples.
         ift_tol: GMRES tolerance of the IFT step (set equal to ``nudge_tol``: equal residual).
         bptt_steps: unroll length of the BPTT step.
         precision: fp32, tf32 (TF32 matmuls) or bf16 (autocast).
@@ -74,6 +75,7 @@ class TrainBenchConfig:
     nudge_tol: float = 1e-2
     nudge_max_steps: int = 100
     nudge_solver: str = "euler"
+    batch_nudges: bool = True
     ift_tol: float = 1e-2
     bptt_steps: int = 20
     precision: str = "tf32"
@@ -105,7 +107,7 @@ class TrainBenchConfig:
         solver = Euler(self.eps) if self.nudge_solver == "euler" else Anderson(eps=self.eps)
         return AsymEP(beta=self.beta, solver=solver, tol=self.nudge_tol,
                       max_steps=self.nudge_max_steps, check_every=self.check_every,
-                      capture=self.capture)
+                      capture=self.capture, batch_nudges=self.batch_nudges)
 
     def model_config(self) -> ModelConfig:
         return ModelConfig(vocab_size=self.vocab_size, d_model=self.d_model, n_heads=self.n_heads,

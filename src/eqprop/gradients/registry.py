@@ -24,6 +24,7 @@ class EstimatorConfig:
         name: one of ``ESTIMATORS``: asymep (default), ep, ift, bptt, holoep.
         beta: nudging strength for ep / asymep.
         centered: two-sided nudges (ep; asymep is always centered).
+        batch_nudges: relax the ±β nudged phases as one batch of 2B samples (ep, asymep).
         nudge: solver of the nudged phases (tolerance relative to the nudge size).
         ift_tol: GMRES tolerance of the ift estimator.
         bptt_steps: truncation length of bptt.
@@ -35,6 +36,7 @@ class EstimatorConfig:
     name: str = "asymep"
     beta: float = 0.05
     centered: bool = True
+    batch_nudges: bool = True
     nudge: SolverConfig = field(default_factory=lambda: SolverConfig(tol=1e-2, max_steps=100))
     ift_tol: float = 1e-6
     bptt_steps: int = 20
@@ -62,7 +64,7 @@ class EstimatorConfig:
 def _ep(c: EstimatorConfig, cls: type[EP], centered: bool) -> EP:
     return cls(beta=c.beta, centered=centered, solver=build_solver(c.nudge), tol=c.nudge.tol,
                max_steps=c.nudge.max_steps, check_every=c.nudge.check_every,
-               capture=c.nudge.capture)
+               capture=c.nudge.capture, batch_nudges=c.batch_nudges)
 
 
 ESTIMATORS: dict[str, Callable[[EstimatorConfig, SolverConfig], Estimator]] = {

@@ -124,6 +124,10 @@ class LMField(Field):
     def forward_for_jvp(self, z: Tensor) -> Tensor:
         return self.model.force(z, self.x, explicit=True)
 
+    def repeated(self, n: int) -> LMField:
+        targets = None if self.targets is None else self.targets.repeat(n, 1)
+        return LMField(self.model, self.tokens.repeat(n, 1), targets)
+
     def c(self, z: Tensor) -> Tensor:
         """Conservative part ``-z + drive``."""
         return self.model.conservative(z, self.x)

@@ -8,7 +8,7 @@ traces and the final status of each sample.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import ClassVar
 
 import torch
@@ -113,6 +113,11 @@ class Solution:
     def counts(self) -> dict[str, int]:
         """Number of samples in each status, by label."""
         return {s.label: int((self.status == s).sum()) for s in Status}
+
+    def select(self, idx: slice) -> Solution:
+        """The solution of the samples ``idx`` (a slice of the batch)."""
+        return replace(self, **{f.name: getattr(self, f.name)[idx] for f in fields(self)
+                                if getattr(self, f.name) is not None})
 
     def summary(self) -> str:
         counts = ", ".join(f"{k} {v}" for k, v in self.counts().items() if v)
