@@ -183,3 +183,12 @@ def test_sample_errors_are_one_line(run_dir, capsys, args, match):
     capsys.readouterr()
     assert main(["sample", str(run_dir), *args, "--device", "cpu"]) == 2
     assert match in one_line_error(capsys, "sample")
+
+
+def test_progress_text_shows_the_relaxation_phases():
+    from eqprop.train.metrics import format_progress
+
+    nfe = {"free": 19.0, "nudged+": 30.4, "nudged-": 31.0, "residual": 1.0}
+    text = format_progress({"train_ce": 2.5, "res_max": 1e-4, "nfe": nfe,
+                            "status": {"converged": 15, "cycling": 1}})
+    assert text == "ce 2.500 | res 1.0e-04 | nfe 19/30/31 | [conv 15 cycl 1]/16"

@@ -390,12 +390,3 @@ def test_config_regularizer_and_tracking_are_logged_and_resume_exactly(tmp_path,
     a = read_metrics(full.run_dir / "metrics.jsonl")
     b = read_metrics(run_b / "metrics.jsonl")
     assert without_clock(a) == without_clock(b)
-
-
-def test_progress_text_shows_the_relaxation_phases():
-    from eqprop.train.metrics import format_progress
-
-    nfe = {"free": 19.0, "nudged+": 30.4, "nudged-": 31.0, "residual": 1.0}
-    text = format_progress({"train_ce": 2.5, "res_max": 1e-4, "nfe": nfe,
-                            "status": {"converged": 15, "cycling": 1}})
-    assert text == "ce 2.500 | res 1.0e-04 | nfe 19/30/31 | [conv 15 cycl 1]/16"
