@@ -22,7 +22,7 @@ from .diagnostics import (
     spectrum,
     track_stability,
 )
-from .fields import Field, NudgedField
+from .fields import Field, Linearization, NudgedField
 from .gradients import (
     BPTT,
     EP,
@@ -86,6 +86,7 @@ __all__ = [
     "Euler",
     "Field",
     "LMField",
+    "Linearization",
     "ModelConfig",
     "NudgedField",
     "Solution",

@@ -116,8 +116,8 @@ class Linearization:
     Then ``Jᵀ v`` is a reverse pass over the forward graph and
     ``J v = ∂⟨w(u), v⟩/∂u`` a reverse pass over the reverse graph (the "double VJP"):
     no forward-mode pass and no forward recomputed per product. On the LM (d_model
-    512, T 256, B 16, 2 layers, H100, fp32) a ``J v`` costs 3.7 ms this way and
-    15.6 ms by forward mode, next to 1.7 ms for F (docs/gpu.md). ``F`` must be twice
+    512, T 256, B 16, 2 layers, H100, fp32) a ``J v`` costs 3.6–3.7 ms this way and
+    13.4–15.6 ms by forward mode, next to 1.7 ms for F (docs/gpu.md). ``F`` must be twice
     differentiable by autograd (the LM's explicit attention path is; the fused
     kernels are not).
 
