@@ -93,6 +93,14 @@ def check_factor(owner: object, name: str, v: float, low: float, high: float,
                           f"{brackets[0]}{low}, {high}{brackets[1]}")
 
 
+def check_step_factors(owner: object, safety: float, factor_min: float,
+                       factor_max: float) -> None:
+    """Validate the safety factor (in (0, 1]) and the range of the change of ε per step."""
+    check_factor(owner, "safety", safety, 0.0, 1.0, closed=True)
+    check_factor(owner, "factor_min", factor_min, 0.0, 1.0)
+    check_factor(owner, "factor_max", factor_max, 1.0, math.inf)
+
+
 @dataclass
 class Controller(ABC):
     """Picks ε per sample from what a trial step measured. Subclasses are dataclasses.
@@ -175,9 +183,7 @@ class ErrorController(Controller):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_positive(self, rtol=self.rtol, safety=self.safety)
-        check_factor(self, "safety", self.safety, 0.0, 1.0, closed=True)
-        check_factor(self, "factor_min", self.factor_min, 0.0, 1.0)
-        check_factor(self, "factor_max", self.factor_max, 1.0, math.inf)
+        check_step_factors(self, self.safety, self.factor_min, self.factor_max)
 
     def init(self, eps0: Tensor) -> dict[str, Tensor]:
         return {"f_ref": torch.full_like(eps0, float("nan"))}  # (B,) ratcheted ‖F‖

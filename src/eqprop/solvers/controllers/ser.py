@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .base import Controller, Decision, StepInfo, check_factor, check_positive
+from .base import Controller, Decision, StepInfo, check_positive, check_step_factors
 
 __all__ = ["SER"]
 
@@ -39,9 +39,7 @@ class SER(Controller):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_positive(self, power=self.power, safety=self.safety)
-        check_factor(self, "safety", self.safety, 0.0, 1.0, closed=True)
-        check_factor(self, "factor_min", self.factor_min, 0.0, 1.0)
-        check_factor(self, "factor_max", self.factor_max, 1.0, float("inf"))
+        check_step_factors(self, self.safety, self.factor_min, self.factor_max)
 
     def propose(self, eps: Tensor, info: StepInfo) -> Decision:
         tiny = torch.finfo(info.f_norm.dtype).tiny
