@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from eqprop.cli.main import main
 from eqprop.errors import CheckpointError, DataError
-from eqprop.train import Trainer, load_run, train
+from eqprop.train import Trainer, load_run, resume_config, train
 from eqprop.train.checkpoint import CKPT_DIR, _sha256, load_checkpoint
 from eqprop.train.metrics import read_metrics
 from tests.test_train import TEXT, tiny
@@ -212,8 +212,14 @@ def test_resume_with_another_model_shape(capsys, tmp_path, text_file):
                  "--run.out-dir", str(out), "--run.name", "m"]) == 0
     capsys.readouterr()
     assert main(["train", "--resume", str(out / "m"), "--model.d-model", "16"]) == 2
-    assert "is for another model: Error(s) in loading state_dict" in \
-        one_line_error(capsys, "train")
+    assert one_line_error(capsys, "train") == (
+        "eqprop train: error: model.d_model 8 -> 16: the model of a run cannot change when it "
+        "is resumed; start a new run (--run.name) for another model")
+    # from Python, the checkpoint names the tensors that differ (no cut-off message)
+    with pytest.raises(CheckpointError, match=r"is for another model \(pos is \(8, 8\) in the "
+                       r"checkpoint, \(8, 16\) here; .*\): the model settings"):
+        train(replace(resume_config(out / "m"), model=replace(resume_config(out / "m").model,
+                                                              d_model=16)), resume=out / "m")
 
 
 # -- NaN / Inf ------------------------------------------------------------------------------

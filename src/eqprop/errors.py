@@ -8,7 +8,8 @@ and the CLI prints it as one line (see :mod:`eqprop.cli.main`).
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "ConfigError", "DataError", "EqpropError", "StorageError"]
+__all__ = ["CheckpointError", "ConfigError", "DataError", "EqpropError", "StorageError",
+           "TrainingInterrupted"]
 
 
 class EqpropError(Exception):
@@ -29,3 +30,20 @@ class CheckpointError(EqpropError):
 
 class StorageError(EqpropError):
     """A run directory or one of its files cannot be written (permissions, full disk)."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """A run was stopped by a signal at a step boundary, after its checkpoint was written.
+
+    Args:
+        signum: the signal (``signal.SIGINT`` or ``signal.SIGTERM``).
+        message: the one line already printed for the user.
+
+    Attributes:
+        exit_code: 130 for SIGINT, 143 for SIGTERM.
+    """
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + signum  # as shells report a process ended by a signal

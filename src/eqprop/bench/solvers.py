@@ -204,7 +204,7 @@ def _lm_case(cfg: SolverBenchConfig, dtype: torch.dtype,
     gen = torch.Generator().manual_seed(cfg.seed)
     if trained:
         from ..data.corpus import load_corpus
-        from ..train.checkpoint import load_run  # lazy: the training package is heavy
+        from ..train.loaded import load_run  # lazy: the training package is heavy
 
         run = load_run(cfg.run)
         model = run.model.to(dtype)

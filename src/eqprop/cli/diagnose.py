@@ -124,10 +124,13 @@ def run(args: Args) -> int:
     )
     from ..solvers import Status, relax
     from ..solvers.registry import build_solver
-    from ..train.checkpoint import load_run
+    from ..train.loaded import load_run
 
     loaded = load_run(args.run)
     cfg, model = loaded.config, loaded.model
+    if cfg.model.block == "standard":
+        raise ConfigError(f"run {str(loaded.run_dir)!r} is the feed-forward baseline "
+                          "(model.block standard): it has no equilibrium to diagnose")
     device = _device(args.device)
     model.to(device).eval()
     out = Path(args.out) if args.out is not None else Path(loaded.run_dir) / "diagnose"

@@ -1,16 +1,26 @@
-"""``eqprop eval RUN``: validation CE and relaxation statistics of a trained run."""
+"""``eqprop eval RUN``: validation CE and relaxation statistics of a trained run.
+
+The corpus is the run's own ``data.path`` (or ``--data PATH`` when the file has moved);
+its SHA-256 must match the one recorded at training, unless ``--allow-changed-data``.
+The feed-forward baseline (``model.block standard``) reports its CE of one forward pass.
+"""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Annotated, Literal
 
 import torch
 import tyro
 
 from ..data import load_corpus
+from ..errors import DataError
+from ..models import StandardLM
 from ..train import evaluate, load_run
+from ..train.backprop import evaluate_forward
+from ..train.checkpoint import file_sha256
 from ..train.config import check_device, check_seed
 from ..train.loop import resolve_device
 
@@ -36,6 +46,10 @@ class Args:
     """auto, cpu, cuda or cuda:N."""
     json: bool = False
     """print the metrics as one JSON object instead of a table."""
+    data: str | None = None
+    """the training text file, when it is no longer where the run's data.path says."""
+    allow_changed_data: bool = False
+    """evaluate on a text file whose SHA-256 differs from the one the run was trained on."""
 
 
 def _counts(c: dict[str, int]) -> str:
@@ -54,9 +68,16 @@ def run(args: Args) -> int:
     ev = replace(cfg.eval,
                  batches=cfg.eval.batches if args.batches is None else args.batches,
                  batch_size=cfg.eval.batch_size if args.batch_size is None else args.batch_size)
-    corpus = load_corpus(cfg.data, seq_len=cfg.model.seq_len, vocab=loaded.vocab)
-    m = evaluate(loaded.model, corpus, cfg.solver, ev, seed=args.seed, split=args.split,
-                 device=device, prefix="eval")
+    data = cfg.data if args.data is None else replace(cfg.data, path=args.data)
+    _check_data(data.path, loaded.data_sha256, args)
+    corpus = load_corpus(data, seq_len=cfg.model.seq_len, vocab=loaded.vocab)
+    forward = isinstance(loaded.model, StandardLM)
+    if forward:
+        m = evaluate_forward(loaded.model, corpus, ev, seed=args.seed, split=args.split,
+                             device=device, prefix="eval")
+    else:
+        m = evaluate(loaded.model, corpus, cfg.solver, ev, seed=args.seed, split=args.split,
+                     device=device, prefix="eval")
     m = {"run": str(loaded.run_dir), "step": loaded.step, "split": args.split,
          "unigram_entropy": corpus.unigram_entropy(), **m}
     if args.json:
@@ -64,10 +85,18 @@ def run(args: Args) -> int:
         return 0
     s, r = cfg.solver, ev.reference
     n = ev.batches * ev.batch_size
+    head = [f"run         {loaded.run_dir} (step {loaded.step})",
+            f"data        {corpus.source}, {args.split} split, {ev.batches} batches x "
+            f"{ev.batch_size} sequences of {cfg.model.seq_len} characters"]
+    if forward:
+        print("\n".join([*head,
+                         f"CE          {m['eval_ce']:.4f} nats (one forward pass: the backprop "
+                         "baseline, no relaxation)",
+                         f"unigram     {m['unigram_entropy']:.4f} nats (entropy of the training "
+                         "characters)"]))
+        return 0
     print("\n".join([
-        f"run         {loaded.run_dir} (step {loaded.step})",
-        f"data        {corpus.source}, {args.split} split, {ev.batches} batches x "
-        f"{ev.batch_size} sequences of {cfg.model.seq_len} characters",
+        *head,
         f"CE          {m['eval_ce']:.4f} nats at the training solver's z* "
         f"({s.name} eps={s.eps:g}, tol={s.tol:g}, max_steps={s.max_steps})",
         f"            {m['eval_ce_ref']:.4f} nats after the reference solve "
@@ -79,3 +108,22 @@ def run(args: Args) -> int:
         f"residual max {m['ref_res_max']:.2e}",
     ]))
     return 0
+
+
+def _check_data(path: str | None, recorded: str | None, args: Args) -> None:
+    """The text file must be the one the run was trained on (same SHA-256)."""
+    if path is None:
+        return
+    if args.data is None and not Path(path).is_file():
+        raise DataError(f"data file {path!r} of the run does not exist (moved or deleted?): "
+                        "give the training text with --data PATH")
+    if recorded is None or args.allow_changed_data:
+        return
+    try:
+        actual = file_sha256(path)
+    except OSError:
+        return  # missing or unreadable: load_corpus says so, and names --data
+    if actual != recorded:
+        raise DataError(f"data file {path!r} is not the one the run was trained on (SHA-256 "
+                        f"{actual[:12]}…, trained on {recorded[:12]}…): give the original with "
+                        "--data PATH, or pass --allow-changed-data to evaluate on it anyway")

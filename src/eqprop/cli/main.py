@@ -12,7 +12,8 @@ errors (unknown flag, a value of the wrong type; tyro draws those as a box,
 condensed here to its first message), and operating-system errors
 (:class:`OSError`: a full disk, a permission). Exit codes: 0 done, 2 rejected
 input or a failed read/write, 3 training stopped by the wall guard (see
-:mod:`eqprop.train.guard`), 130 interrupted.
+:mod:`eqprop.train.guard`), 4 training applied no update (every step skipped),
+130 interrupted (Ctrl-C), 143 terminated (SIGTERM; training checkpoints first).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import os
 import re
 import sys
 
-from ..errors import EqpropError
+from ..errors import EqpropError, TrainingInterrupted
 
 __all__ = ["COMMANDS", "main"]
 
@@ -121,14 +122,16 @@ def _one_line(text: str) -> str:
     return " ".join(text.split()) or "unknown error"
 
 
-def _parse(cls: type, rest: list[str], prog: str, description: str):
-    """``tyro.cli`` with its error box captured and condensed (``--help`` passes through)."""
+def _parse(cls: type, rest: list[str], prog: str, description: str, default: object = None):
+    """``tyro.cli`` with its error box captured and condensed (``--help`` passes through);
+    ``default``: the values the flags are parsed onto (None: the dataclass defaults)."""
     import tyro
 
     captured, rejected = io.StringIO(), False
     try:
         with contextlib.redirect_stderr(captured):
-            return tyro.cli(cls, args=rest, prog=prog, description=description)
+            return tyro.cli(cls, args=rest, prog=prog, description=description,
+                            default=default)
     except SystemExit as e:
         if e.code in (0, None):
             raise
@@ -153,6 +156,11 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0 if argv else 2
+    if argv[0] == "--version":
+        from importlib.metadata import version
+
+        print(f"eqprop {version('eqprop')}")
+        return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
         print(f"eqprop: error: unknown command {name!r}; choose from {', '.join(COMMANDS)}",
@@ -161,7 +169,12 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[name][0])
     prog = f"eqprop {name}"
     try:
-        args = _parse(module.Args, rest, prog, COMMANDS[name][1])
+        default = None
+        if name == "train":  # a --config file or a resumed run: the defaults the flags override
+            from .train import base_args
+
+            default = base_args(rest)
+        args = _parse(module.Args, rest, prog, COMMANDS[name][1], default)
         return int(module.run(args) or 0)
     except SystemExit as e:  # --help
         return e.code if isinstance(e.code, int) else 0
@@ -178,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # a read or write that no check anticipated: still one line
         print(f"{prog}: error: {_one_line(_os_message(e))}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as e:  # the trainer printed its one line (where to resume)
+        return e.exit_code
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130

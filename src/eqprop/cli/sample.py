@@ -56,11 +56,22 @@ def run(args: Args) -> int:
     s = loaded.config.solver
     if loaded.config.run.threads:  # as in training: small models run best on one
         torch.set_num_threads(loaded.config.run.threads)
+    loaded.vocab.encode(args.prompt, what="the prompt")  # a bad prompt fails before printing
+
+    def stream(text: str) -> None:  # each character as soon as it is chosen
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    stream(args.prompt)
     g = generate(loaded.model, loaded.vocab, args.prompt, args.tokens, solver=build_solver(s),
                  tol=s.tol, max_steps=s.max_steps, temperature=args.temperature,
                  top_k=args.top_k, warm_start=args.warm_start,
-                 generator=torch.Generator().manual_seed(args.seed))
-    print(args.prompt + g.text)
+                 generator=torch.Generator().manual_seed(args.seed), on_text=stream)
+    stream("\n")
+    if loaded.config.model.block == "standard":
+        print(f"eqprop sample: {len(g.text)} characters (one forward pass each: the backprop "
+              "baseline)", file=sys.stderr)
+        return 0
     status = ", ".join(f"{k} {v}" for k, v in g.status.items() if v)
     if g.stopped:  # what was generated is printed; the failure is the one error line
         print(f"eqprop sample: error: {g.stopped} after {len(g.text)} characters ({s.name} "

@@ -13,7 +13,10 @@ from .ep import EP, AsymEP
 from .holo_ep import HoloEP
 from .ift import IFT
 
-__all__ = ["ESTIMATORS", "EstimatorConfig", "build_estimator"]
+__all__ = ["BACKPROP", "ESTIMATORS", "EstimatorConfig", "build_estimator"]
+
+#: the estimator name of the feed-forward baseline (trained by plain backprop)
+BACKPROP = "backprop"
 
 
 @dataclass
@@ -21,7 +24,9 @@ class EstimatorConfig:
     """Which gradient estimator trains the model.
 
     Args:
-        name: one of ``ESTIMATORS``: asymep (default), ep, ift, bptt, holoep.
+        name: one of ``ESTIMATORS``: asymep (default), ep, ift, bptt, holoep; or
+            ``backprop``, plain backpropagation of the feed-forward baseline
+            (``model.block standard``), which has no estimator object.
         beta: nudging strength for ep / asymep.
         centered: two-sided nudges (ep; asymep is always centered).
         batch_nudges: relax the ±β nudged phases as one batch of 2B samples (ep, asymep).
@@ -45,9 +50,9 @@ class EstimatorConfig:
     holo_antisym: bool = True
 
     def __post_init__(self) -> None:
-        if self.name not in ESTIMATORS:
+        if self.name not in (*ESTIMATORS, BACKPROP):
             raise ConfigError(f"estimator name={self.name!r}: allowed values are "
-                             f"{', '.join(ESTIMATORS)}")
+                             f"{', '.join((*ESTIMATORS, BACKPROP))}")
         if not self.beta > 0:
             raise ConfigError(f"estimator beta={self.beta!r}: must be > 0")
         if not 0 < self.ift_tol < 1:
@@ -79,5 +84,12 @@ ESTIMATORS: dict[str, Callable[[EstimatorConfig, SolverConfig], Estimator]] = {
 
 
 def build_estimator(cfg: EstimatorConfig, free: SolverConfig) -> Estimator:
-    """The estimator a config names; ``free`` is the free-phase solver (unrolled by bptt)."""
+    """The estimator a config names; ``free`` is the free-phase solver (unrolled by bptt).
+
+    Raises:
+        ConfigError: ``backprop``, which trains a feed-forward model without an estimator.
+    """
+    if cfg.name == BACKPROP:
+        raise ConfigError("estimator name='backprop' has no estimator object: it trains "
+                          "model.block='standard' by plain backpropagation")
     return ESTIMATORS[cfg.name](cfg, free)

@@ -2,5 +2,6 @@
 
 from .config import BLOCKS, ModelConfig
 from .lm import EquilibriumLM, LMField
+from .standard import StandardLM, build_model
 
-__all__ = ["BLOCKS", "EquilibriumLM", "LMField", "ModelConfig"]
+__all__ = ["BLOCKS", "EquilibriumLM", "LMField", "ModelConfig", "StandardLM", "build_model"]

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from ..errors import ConfigError
 
-BLOCKS = ("asym", "energy")
+BLOCKS = ("asym", "energy", "standard")
 
 __all__ = ["BLOCKS", "ModelConfig"]
 
@@ -23,7 +23,9 @@ class ModelConfig:
         n_layers: number of stacked equilibrium layers L (one field for the stack).
         seq_len: context length T.
         block: ``"asym"`` (independent weights, non-conservative) or ``"energy"``
-            (force = -∇E, symmetric Jacobian, plain EP exact).
+            (force = -∇E, symmetric Jacobian, plain EP exact); ``"standard"`` is the
+            feed-forward transformer of the same size, the backprop baseline
+            (:class:`~eqprop.models.standard.StandardLM`).
         tied_readout: reuse the embedding matrix as the readout ``W_out``.
         init_scale: multiplies the initial weights of the non-conservative part n.
         fused_attention: use PyTorch's fused attention for plain forwards (the

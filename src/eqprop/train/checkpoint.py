@@ -31,13 +31,13 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from ..data import Vocab
-from ..errors import CheckpointError, ConfigError, DataError, StorageError
-from ..models import EquilibriumLM
+from ..errors import CheckpointError, StorageError
+from ..models import EquilibriumLM, build_model
 from .config import TrainConfig
-from .configio import config_from_dict, config_to_dict
+from .configio import config_to_dict
 
-__all__ = ["CKPT_DIR", "Checkpoint", "LoadedRun", "load_checkpoint", "load_run",
-           "model_from_checkpoint", "resume_config", "save_checkpoint"]
+__all__ = ["CKPT_DIR", "Checkpoint", "file_sha256", "has_checkpoint", "load_checkpoint",
+           "model_from_checkpoint", "require_run_dir", "run_dir_of", "save_checkpoint"]
 
 CKPT_DIR = "checkpoints"
 LATEST = "latest.json"
@@ -65,25 +65,6 @@ class Checkpoint:
     step: int
 
 
-@dataclass
-class LoadedRun:
-    """A trained model ready for evaluation or sampling.
-
-    Attributes:
-        model: the :class:`EquilibriumLM` in eval mode, on the requested device.
-        config: the run's resolved :class:`TrainConfig`.
-        vocab: its character vocabulary.
-        step: updates done at the checkpoint.
-        run_dir: the run directory.
-    """
-
-    model: EquilibriumLM
-    config: TrainConfig
-    vocab: Vocab
-    step: int
-    run_dir: Path
-
-
 def _fault(step: int, path: Path) -> None:
     """The test-only ``kill -9`` in the middle of a checkpoint write (module docstring)."""
     spec = os.environ.get(FAULT_ENV, "")
@@ -93,6 +74,18 @@ def _fault(step: int, path: Path) -> None:
         with open(path, "r+b") as f:
             f.truncate(path.stat().st_size // 2)
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 (hex) of a file's bytes, e.g. of the training corpus, stored with each
+    checkpoint so that ``eqprop eval`` notices a changed file."""
+    return _sha256(Path(path))
 
 
 def _sha256(path: Path) -> str:
@@ -126,6 +119,7 @@ def _write_atomic(path: Path, write, step: int = -1) -> None:
     tmp = path.with_name(path.name + ".tmp")
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # safetensors writes 0600; every file alike
         _fault(step, tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
@@ -207,7 +201,34 @@ def save_checkpoint(run_dir: str | Path, *, model: nn.Module, optimizer: torch.o
     return s_path
 
 
-def _run_dir_of(path: str | Path) -> Path:
+def run_dir_of(path: str | Path) -> Path:
+    """The run directory that ``path`` names (it, its ``checkpoints`` folder or a file
+    in there); not checked."""
+    p = Path(path)
+    try:
+        if p.is_file():
+            p = p.parent
+        if p.name == CKPT_DIR:
+            p = p.parent
+    except (OSError, ValueError):
+        pass
+    return p
+
+
+def has_checkpoint(path: str | Path) -> bool:
+    """Whether a run directory (or its ``checkpoints`` folder) holds a checkpoint pointer."""
+    try:
+        return (run_dir_of(path) / CKPT_DIR / LATEST).is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def require_run_dir(path: str | Path) -> Path:
+    """The run directory that ``path`` names, which must hold a checkpoint pointer.
+
+    Raises:
+        CheckpointError: the path does not exist, cannot be read, or holds no checkpoint.
+    """
     p = Path(path)
     try:
         if not p.exists():
@@ -244,7 +265,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         CheckpointError: missing, truncated, corrupted (checksum), unsafe or non-finite
             files.
     """
-    run_dir = _run_dir_of(path)
+    run_dir = require_run_dir(path)
     folder = run_dir / CKPT_DIR
     try:
         pointer = json.loads((folder / LATEST).read_text())
@@ -280,49 +301,30 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     return Checkpoint(weights=weights, state=state, run_dir=run_dir, step=step)
 
 
+def _shape_mismatch(saved: dict[str, Tensor], model: nn.Module) -> str:
+    """What differs between the checkpoint's tensors and ``model``'s, in a few words."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in saved]
+    extra = [k for k in saved if k not in own]
+    shapes = [f"{k} is {tuple(saved[k].shape)} in the checkpoint, {tuple(v.shape)} here"
+              for k, v in own.items() if k in saved and saved[k].shape != v.shape]
+    parts = shapes[:2] + ([f"missing {', '.join(missing[:3])}"] if missing else []) \
+        + ([f"unexpected {', '.join(extra[:3])}"] if extra else [])
+    return "; ".join(parts) or "the tensors differ"
+
+
 def model_from_checkpoint(ck: Checkpoint, config: TrainConfig) -> EquilibriumLM:
     """Build the model of ``config`` and load the checkpoint's weights into it.
 
     Raises:
-        CheckpointError: the weights are for another model shape.
+        CheckpointError: the weights are for another model shape (the message names
+            the tensors that differ).
     """
-    model = EquilibriumLM(config.model)
+    model = build_model(config.model)
     try:
         model.load_state_dict(ck.weights, strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(f"checkpoint of {str(ck.run_dir)!r} is for another model: "
-                              f"{str(e).splitlines()[0]}") from None
+    except RuntimeError:
+        raise CheckpointError(f"checkpoint of {str(ck.run_dir)!r} is for another model "
+                              f"({_shape_mismatch(ck.weights, model)}): the model settings "
+                              "of a run cannot change; resume with its own") from None
     return model
-
-
-def _config_and_vocab(ck: Checkpoint) -> tuple[TrainConfig, Vocab]:
-    try:
-        return config_from_dict(ck.state["config"]), Vocab.from_dict(ck.state["vocab"])
-    except (ConfigError, DataError, KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"checkpoint of {str(ck.run_dir)!r} has an unreadable config "
-                              f"or vocabulary ({e})") from None
-
-
-def resume_config(path: str | Path) -> TrainConfig:
-    """The resolved config saved with a run's newest checkpoint (to continue it)."""
-    return _config_and_vocab(load_checkpoint(path))[0]
-
-
-def load_run(path: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
-    """Load a trained run for evaluation or sampling.
-
-    Args:
-        path: the run directory (or its ``checkpoints`` folder).
-        device: where to put the model.
-
-    Returns:
-        A :class:`LoadedRun` with the model in eval mode.
-
-    Raises:
-        CheckpointError: no usable checkpoint, or one whose config or vocabulary
-            cannot be read back.
-    """
-    ck = load_checkpoint(path)
-    config, vocab = _config_and_vocab(ck)
-    model = model_from_checkpoint(ck, config).to(device).eval()
-    return LoadedRun(model=model, config=config, vocab=vocab, step=ck.step, run_dir=ck.run_dir)

@@ -313,3 +313,15 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check_finite(self)
+        standard, backprop = self.model.block == "standard", self.estimator.name == "backprop"
+        if standard and not backprop:
+            raise ConfigError(f"model.block='standard' (the feed-forward baseline) is trained "
+                              f"by backprop, not estimator.name={self.estimator.name!r}: add "
+                              "--estimator.name backprop")
+        if backprop and not standard:
+            raise ConfigError(f"estimator.name='backprop' trains the feed-forward baseline, "
+                              f"not model.block={self.model.block!r}: add --model.block standard")
+        if backprop and self.regularizer.name != "none":
+            raise ConfigError(f"regularizer.name={self.regularizer.name!r} penalises an "
+                              "equilibrium's Jacobian; the backprop baseline has none: use "
+                              "--regularizer.name none")

@@ -27,25 +27,46 @@ from tqdm.auto import tqdm
 from ..data import Vocab, load_corpus
 from ..diagnostics.plots import plot_stability_history
 from ..errors import CheckpointError, ConfigError
-from ..gradients.registry import build_estimator
-from ..models import EquilibriumLM, LMField
+from ..gradients.registry import BACKPROP, build_estimator
+from ..models import EquilibriumLM, LMField, StandardLM, build_model
 from ..solvers import Solution, relax
 from ..solvers.registry import build_solver
-from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from .backprop import backprop_step, evaluate_forward
+from .checkpoint import (
+    file_sha256,
+    has_checkpoint,
+    load_checkpoint,
+    model_from_checkpoint,
+    run_dir_of,
+    save_checkpoint,
+)
 from .config import TrainConfig
 from .distributed import init_distributed
 from .evaluation import evaluate
 from .generation import generate
 from .guard import WallGuard, relaxations_finite
 from .hooks import ConfigHooks
+from .interrupt import StopSignals, TrainingInterrupted
 from .metrics import format_progress, status_counts
 from .plots import plot_metrics
-from .rundir import METRICS_FILE, PLOTS_DIR, SAMPLES_FILE, SUMMARY_FILE, new_run_dir, open_run_dir
+from .rundir import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    PLOTS_DIR,
+    SAMPLES_FILE,
+    SUMMARY_FILE,
+    RunLock,
+    new_run_dir,
+    open_run_dir,
+)
+from .sanity import suspicious_settings
 from .schedule import lr_at
-from .summary import SUMMARY_WINDOW, TrainSummary
+from .summary import TrainSummary, summarize
 
 __all__ = ["Penalty", "Tracker", "TrainSummary", "Trainer", "resolve_device", "train"]
 
+#: non-finite (skipped) steps announced one by one on stderr; later ones are only counted
+NONFINITE_SHOWN = 3
 #: ``penalty(field, z_star, sol) -> scalar`` added to the surrogate (e.g. jacreg)
 Penalty = Callable[[LMField, Tensor, Solution], Tensor]
 #: ``tracker(model, field, z_star, step) -> {name: float}`` merged into the metrics record
@@ -65,12 +86,21 @@ def resolve_device(name: str) -> torch.device:
 class Trainer:
     """Owns the model, optimizer, data stream, run directory and metrics of one run.
 
+    ``model.block standard`` with ``estimator.name backprop`` builds the feed-forward
+    baseline (:class:`~eqprop.models.StandardLM`), trained by plain backprop.
+
     Args:
         cfg: the resolved config.
-        resume: a run directory to continue exactly from its newest checkpoint.
+        resume: a run directory to continue exactly from its newest checkpoint (one
+            stopped before its first checkpoint restarts from step 0).
         penalty: optional regularizer (see :data:`Penalty`).
         trackers: optional diagnostics (see :data:`Tracker`), called every
             ``cfg.run.track_every`` steps.
+
+    Raises:
+        ConfigError: a setting is rejected, or the run directory is in use by another
+            process (it is locked while a trainer holds it).
+        CheckpointError: the resumed checkpoint is unusable or for another model.
     """
 
     def __init__(self, cfg: TrainConfig, *, resume: str | Path | None = None,
@@ -79,14 +109,21 @@ class Trainer:
             torch.set_num_threads(cfg.run.threads)
         self.dist = init_distributed(cfg.run.device)  # torchrun: process group, rank's device
         self.device = self.dist.device or resolve_device(cfg.run.device)
-        ck = load_checkpoint(resume) if resume is not None else None
+        ck = load_checkpoint(resume) if resume is not None and has_checkpoint(resume) else None
+        if resume is not None and ck is None and not (run_dir_of(resume) / CONFIG_FILE).is_file():
+            load_checkpoint(resume)  # not a run directory: its error says so
+        if ck is not None and cfg.schedule.steps < ck.step:
+            raise ConfigError(f"schedule.steps={cfg.schedule.steps} is below the {ck.step} steps "
+                              f"the run has done: give --schedule.steps {ck.step} or more")
         vocab = Vocab.from_dict(ck.state["vocab"]) if ck is not None else None
         self.corpus = load_corpus(cfg.data, seq_len=cfg.model.seq_len, vocab=vocab)
+        self.data_sha256 = file_sha256(cfg.data.path) if cfg.data.path is not None else None
         self.cfg = cfg = replace(cfg, model=replace(cfg.model,
                                                     vocab_size=len(self.corpus.vocab)))
         self.unigram = self.corpus.unigram_entropy()
         torch.manual_seed(cfg.run.seed)
-        self.model = EquilibriumLM(cfg.model)
+        self.model = build_model(cfg.model)
+        self.backprop = cfg.estimator.name == BACKPROP  # the feed-forward baseline
         self.data_gen = torch.Generator().manual_seed(self.dist.rank_seed(cfg.run.seed))
         if self.dist.rank:  # own torch stream per rank (rank 0 continues as one process)
             torch.manual_seed(self.dist.rank_seed(cfg.run.seed))
@@ -94,24 +131,52 @@ class Trainer:
         self.penalty, self.trackers = penalty, list(trackers)
         self.hooks = ConfigHooks(cfg.regularizer, cfg.tracking, cfg.solver.eps, sync=self.dist)
         self.solver = build_solver(cfg.solver)
-        self.estimator = build_estimator(cfg.estimator, cfg.solver)
+        self.estimator = None if self.backprop else build_estimator(cfg.estimator, cfg.solver)
         self.guard = WallGuard(cfg.guard)
         if ck is not None:
             self.model = model_from_checkpoint(ck, cfg)
         self.model.to(self.device)
         self.dist.broadcast_module(self.model)  # identical weights on every rank
         self.optimizer = self._make_optimizer()
+        self.ckpt_step: int | None = None  # the step of the newest checkpoint on disk
         if ck is not None:
             self._restore(ck)
-            self.run_dir = ck.run_dir
+            self.run_dir, self.ckpt_step = ck.run_dir, ck.step
+        elif resume is not None:  # stopped before its first checkpoint: from step 0
+            self.run_dir = run_dir_of(resume)
         else:
             self.run_dir = self.dist.on_main(lambda: new_run_dir(cfg.run))
+        self.lock: RunLock | None = None
+        self.dist.on_main(self._lock)  # a second process in this run directory: refused
         # config.yaml; an unwritable or full disk fails now (on every rank), not later
         self.dist.on_main(lambda: open_run_dir(self.run_dir, self.cfg, self.model))
         self.metrics = self.dist.metrics_log(self.run_dir / METRICS_FILE)
-        if ck is not None:
+        if resume is not None:
             self.metrics.truncate_after(self.step)
         self.val_last: dict[str, Any] = {}
+        self._bar: tqdm | None = None
+        if self.dist.is_main:
+            for warning in suspicious_settings(self.cfg):
+                self.say(f"warning: {warning}")
+
+    def _lock(self) -> None:
+        self.lock = RunLock(self.run_dir)
+
+    def close(self) -> None:
+        """Release the run directory's lock (the kernel does so too when the process ends)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def say(self, text: str) -> None:
+        """Print ``eqprop train: TEXT`` on stderr, above the progress bar when one is shown
+        (rank 0 only; also with ``--run.no-progress``)."""
+        if not self.dist.is_main:
+            return
+        if self._bar is not None and not self._bar.disable:
+            tqdm.write(f"eqprop train: {text}", file=sys.stderr)
+        else:
+            print(f"eqprop train: {text}", file=sys.stderr, flush=True)
 
     # -- setup ---------------------------------------------------------------
     def _make_optimizer(self) -> torch.optim.AdamW:
@@ -150,6 +215,8 @@ class Trainer:
     # -- one step ------------------------------------------------------------
     def train_step(self, tokens: Tensor, targets: Tensor) -> dict[str, Any]:
         """One update on a batch ``tokens, targets (B, T)``; returns its metrics record."""
+        if self.backprop:
+            return self._backprop_step(tokens, targets)
         t0 = time.perf_counter()
         self.model.train()
         field = self.model.field(tokens, targets)
@@ -216,14 +283,23 @@ class Trainer:
         record["step_time"] = time.perf_counter() - t0
         return record
 
+    def _backprop_step(self, tokens: Tensor, targets: Tensor) -> dict[str, Any]:
+        """The baseline's update (:func:`~eqprop.train.backprop.backprop_step`)."""
+        return backprop_step(self, tokens, targets)
+
     # -- periodic work -------------------------------------------------------
     def validate(self) -> dict[str, Any]:
-        """Validation metrics on fixed batches (see :func:`~eqprop.train.evaluation.evaluate`)."""
+        """Validation metrics on fixed batches (see :func:`~eqprop.train.evaluation.evaluate`;
+        the backprop baseline: :func:`~eqprop.train.backprop.evaluate_forward`)."""
         if not self.dist.is_main:
             return {}
         self.model.eval()
-        out = evaluate(self.model, self.corpus, self.cfg.solver, self.cfg.eval,
-                       seed=self.cfg.run.seed, device=self.device)
+        if isinstance(self.model, StandardLM):
+            out = evaluate_forward(self.model, self.corpus, self.cfg.eval,
+                                   seed=self.cfg.run.seed, device=self.device)
+        else:
+            out = evaluate(self.model, self.corpus, self.cfg.solver, self.cfg.eval,
+                           seed=self.cfg.run.seed, device=self.device)
         self.val_last = out
         return out
 
@@ -231,6 +307,7 @@ class Trainer:
         """Save a checkpoint now (refused, and logged, if a weight is non-finite)."""
         rng = self.dist.gather_rng(self._rng_state())  # every rank's streams
         if not self.dist.is_main:
+            self.ckpt_step = self.step
             return
         try:
             save_checkpoint(self.run_dir, model=self.model, optimizer=self.optimizer,
@@ -238,10 +315,13 @@ class Trainer:
                             rng=rng,
                             extra={"skipped": self.skipped, "elapsed": self.elapsed,
                                    "hooks": self.hooks.state_dict(),
-                                   "guard": self.guard.state_dict()})
+                                   "guard": self.guard.state_dict(),
+                                   "data_sha256": self.data_sha256})
+            self.ckpt_step = self.step
         except CheckpointError as e:
             self.metrics.append({"step": self.step, "event": "checkpoint_refused",
                                  "detail": str(e)})
+            self.say(f"warning: {e}")
 
     def plot(self) -> None:
         """Redraw the PNG plots from ``metrics.jsonl``."""
@@ -272,49 +352,64 @@ class Trainer:
 
     # -- the run -------------------------------------------------------------
     def run(self) -> TrainSummary:
-        """Train to ``schedule.steps`` and return the summary."""
+        """Train to ``schedule.steps`` and return the summary.
+
+        Raises:
+            TrainingInterrupted: Ctrl-C or SIGTERM; the step in progress was finished and
+                checkpointed first (a second signal stops at once), the message says the
+                step a resume restarts from.
+        """
         cfg, steps = self.cfg, self.cfg.schedule.steps
         show = cfg.run.progress and self.dist.is_main
         if show:
             tqdm.write(f"eqprop train: run directory {self.run_dir}"
                        f"{self.dist.describe(cfg.data.batch_size)}", file=sys.stderr)
-        bar = tqdm(total=steps, initial=self.step, disable=not show,
-                   dynamic_ncols=True, desc=self.run_dir.name, file=sys.stderr)
-        plotted = -1
+        bar = self._bar = tqdm(total=steps, initial=self.step, disable=not show,
+                               dynamic_ncols=True, desc=self.run_dir.name, file=sys.stderr)
+        plotted, nonfinite_shown = -1, 0
         try:
-            while self.step < steps and not self.guard.stopped:
-                t0 = time.perf_counter()
-                tokens, targets = self.corpus.get_batch("train", cfg.data.batch_size,
-                                                        cfg.model.seq_len, self.data_gen)
-                record = self.train_step(tokens.to(self.device), targets.to(self.device))
-                events = self.guard.update(self, record)  # skip events; may stop, escalate
-                s, last = self.step, self.step == steps or self.guard.stopped
-                do_eval = last or (cfg.eval.every > 0 and s % cfg.eval.every == 0)
-                if do_eval:
-                    record.update(self.validate())
-                self.elapsed += time.perf_counter() - t0
-                record["time"] = self.elapsed
-                if do_eval or s % cfg.run.log_every == 0 or record.get("skipped"):
-                    self.metrics.append(record)
-                for event in events:
-                    self.metrics.append(event)
-                    if show:
-                        tqdm.write(f"eqprop train: {event['event']} at step {s}: "
-                                   f"{event['detail']}", file=sys.stderr)
-                bar.set_postfix_str(format_progress(record), refresh=False)
-                bar.update(1)
-                if last or (cfg.run.ckpt_every > 0 and s % cfg.run.ckpt_every == 0):
-                    self.checkpoint()
-                if do_eval:
-                    self.plot()
-                    plotted = self.step
-        except KeyboardInterrupt:
-            bar.close()
-            print(f"eqprop train: interrupted at step {self.step}; continue from the last "
-                  f"checkpoint with: eqprop train --resume {self.run_dir}", file=sys.stderr)
-            raise
+            with StopSignals() as stop:
+                while self.step < steps and not self.guard.stopped:
+                    t0 = time.perf_counter()
+                    tokens, targets = self.corpus.get_batch("train", cfg.data.batch_size,
+                                                            cfg.model.seq_len, self.data_gen)
+                    record = self.train_step(tokens.to(self.device), targets.to(self.device))
+                    events = self.guard.update(self, record)  # skip events; may stop, escalate
+                    s, last = self.step, self.step == steps or self.guard.stopped
+                    do_eval = last or (cfg.eval.every > 0 and s % cfg.eval.every == 0)
+                    if do_eval:
+                        record.update(self.validate())
+                    self.elapsed += time.perf_counter() - t0
+                    record["time"] = self.elapsed
+                    if do_eval or s % cfg.run.log_every == 0 or record.get("skipped"):
+                        self.metrics.append(record)
+                    for event in events:
+                        self.metrics.append(event)
+                        nonfinite_shown += event["event"] == "nonfinite"
+                        if event["event"] != "nonfinite" or nonfinite_shown <= NONFINITE_SHOWN:
+                            self.say(f"{event['event']} at step {s}: {event['detail']}")
+                        if event["event"] == "nonfinite" and nonfinite_shown == NONFINITE_SHOWN:
+                            self.say("further non-finite steps are only counted (metrics.jsonl, "
+                                     "the summary)")
+                    bar.set_postfix_str(format_progress(record), refresh=False)
+                    bar.update(1)
+                    if last or (cfg.run.ckpt_every > 0 and s % cfg.run.ckpt_every == 0):
+                        self.checkpoint()
+                    if do_eval:
+                        self.plot()
+                        plotted = self.step
+                    # a signal stops at this step boundary (on every rank alike)
+                    if not self.dist.all_true(stop.signum is None):
+                        self._stop(stop, bar)
+        except KeyboardInterrupt as e:
+            if isinstance(e, TrainingInterrupted):
+                raise
+            bar.close()  # a second Ctrl-C, in the middle of a step: nothing is saved
+            raise TrainingInterrupted(2, self._interrupted("Ctrl-C (SIGINT), during a step"
+                                                           )) from None
         finally:
             bar.close()
+            self._bar = None
         if not self.val_last:  # resumed at the end: nothing was validated in this process
             self.validate()
         if plotted != self.step:
@@ -325,29 +420,33 @@ class Trainer:
             (self.run_dir / SUMMARY_FILE).write_text(
                 json.dumps({k: (str(v) if isinstance(v, Path) else v)
                             for k, v in asdict(summary).items()}, indent=2) + "\n")
+            for warning in summary.warnings():
+                self.say(f"warning: {warning}")
         return summary
 
+    def _stop(self, stop: StopSignals, bar: tqdm) -> None:
+        """End the run at this step boundary after a signal: checkpoint, say, raise."""
+        signum = stop.signum if stop.signum is not None else 15  # another rank's signal
+        if self.ckpt_step != self.step:
+            self.checkpoint()
+        bar.close()
+        raise TrainingInterrupted(signum, self._interrupted(stop.name or "a signal"))
+
+    def _interrupted(self, how: str) -> str:
+        """Say, in one line, where the run stopped and how to continue it; returns it."""
+        at = self.ckpt_step or 0
+        saved = "checkpoint saved" if self.ckpt_step == self.step else (
+            f"last checkpoint at step {at}" if self.ckpt_step else "no checkpoint yet")
+        text = (f"interrupted by {how} at step {self.step} ({saved}); continue from step {at} "
+                f"with: eqprop train --resume {self.run_dir}")
+        self.say(text)
+        return text
+
     def summary(self) -> TrainSummary:
-        """Summary from the metrics written so far."""
-        records = [r for r in self.metrics.read() if "event" not in r]
-        ces = [r["train_ce"] for r in records if r.get("train_ce") is not None]
-        counts = status_counts([])
-        nfe_sum, n = 0.0, 0
-        for r in records:
-            for k, v in (r.get("status") or {}).items():
-                counts[k] = counts.get(k, 0) + v
-            if (r.get("nfe") or {}).get("free") is not None:
-                nfe_sum, n = nfe_sum + r["nfe"]["free"], n + 1
-        total = sum(counts.values())
-        tail = ces[-SUMMARY_WINDOW:]
-        return TrainSummary(
-            run_dir=self.run_dir, steps=self.step, skipped=self.skipped,
-            train_ce=sum(tail) / len(tail) if tail else None,
-            val_ce=self.val_last.get("val_ce"), val_ce_ref=self.val_last.get("val_ce_ref"),
-            unigram_entropy=self.unigram,
-            free_converged=counts["converged"] / total if total else 0.0,
-            free_nfe=nfe_sum / n if n else 0.0, wall_time=self.elapsed,
-            wall_skipped=self.guard.wall_skipped, stopped=self.guard.stop_reason)
+        """Summary from the metrics written so far (see :func:`~eqprop.train.summary.summarize`)."""
+        return summarize(self.metrics.read(), run_dir=self.run_dir, steps=self.step,
+                         skipped=self.skipped, val=self.val_last, unigram=self.unigram,
+                         wall_time=self.elapsed, guard=self.guard, relaxation=not self.backprop)
 
 
 def train(cfg: TrainConfig, *, resume: str | Path | None = None, penalty: Penalty | None = None,
@@ -368,4 +467,5 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, penalty: Penalt
     try:
         return trainer.run()
     finally:
+        trainer.close()
         trainer.dist.close()  # under torchrun: end the process group this run started

@@ -2,14 +2,20 @@
 
 Before training starts, :func:`check_writable` proves that the run directory takes
 a file and has room for the checkpoints, so that an unwritable or full disk is a
-clear error at the start, not a crash hours later.
+clear error at the start, not a crash hours later. :class:`RunLock` keeps a second
+process out of a run directory that one is training in (``fcntl.flock`` on
+``.lock``: the kernel drops it when its process ends, even by ``kill -9``, so a lock
+is never stale). An existing but empty folder (a run killed before it wrote
+anything) may be used again under its name.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
+import socket
 import time
 from pathlib import Path
 
@@ -19,14 +25,15 @@ from ..errors import ConfigError, StorageError
 from .config import RunConfig, TrainConfig
 from .configio import save_config
 
-__all__ = ["CONFIG_FILE", "METRICS_FILE", "PLOTS_DIR", "SAMPLES_FILE", "SUMMARY_FILE",
-           "check_writable", "new_run_dir", "open_run_dir"]
+__all__ = ["CONFIG_FILE", "LOCK_FILE", "METRICS_FILE", "PLOTS_DIR", "SAMPLES_FILE",
+           "SUMMARY_FILE", "RunLock", "check_writable", "new_run_dir", "open_run_dir"]
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 PLOTS_DIR = "plots"
 SAMPLES_FILE = "samples.txt"
 SUMMARY_FILE = "summary.json"
+LOCK_FILE = ".lock"
 
 
 def new_run_dir(cfg: RunConfig) -> Path:
@@ -48,6 +55,8 @@ def new_run_dir(cfg: RunConfig) -> Path:
             try:
                 path.mkdir()
             except FileExistsError:
+                if path.is_dir() and not any(p.name != LOCK_FILE for p in path.iterdir()):
+                    return path  # empty: a run killed before it wrote anything
                 raise ConfigError(f"run directory {str(path)!r} exists already: choose another "
                                   f"--run.name, or continue it with --resume {path}") from None
             return path
@@ -109,3 +118,42 @@ def open_run_dir(run_dir: str | Path, cfg: TrainConfig, model: nn.Module | None 
         raise StorageError(f"cannot write {str(Path(run_dir) / CONFIG_FILE)!r} "
                            f"({e.strerror or e}): free some space or fix the permissions"
                            ) from None
+
+
+class RunLock:
+    """An exclusive lock on a run directory, held while one process trains in it.
+
+    Args:
+        run_dir: the run directory.
+
+    Raises:
+        ConfigError: another process holds it (the message names that process).
+        StorageError: the lock file cannot be created.
+    """
+
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir) / LOCK_FILE
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise StorageError(f"cannot create the lock file {str(self.path)!r} "
+                               f"({e.strerror or e}): fix the permissions") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 200).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise ConfigError(f"run directory {str(Path(run_dir))!r} is in use by {holder}: "
+                              "wait until it ends, or stop it first") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, (f"pid {os.getpid()} on {socket.gethostname()} since "
+                      f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n").encode())
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        """Give the lock up (also done by the kernel when the process ends)."""
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, 0)
+            os.close(self._fd)
+            self._fd = None
