@@ -21,7 +21,6 @@ from tests.test_reliability import TINY as _TINY
 from tests.test_reliability import spawn
 from tests.test_train import TEXT, tiny
 
-
 TINY = [*_TINY, "--schedule.steps", "3"]
 
 

@@ -97,7 +97,8 @@ class TrainBenchConfig:
         if self.device not in ("cuda", "cpu"):
             raise ConfigError(f"device={self.device!r}: allowed values are cuda, cpu")
         if self.device == "cuda" and not torch.cuda.is_available():
-            raise ConfigError("device='cuda' but no CUDA device is available: use --device cpu")
+            raise ConfigError("device='cuda' but no CUDA device is available: use device='cpu' "
+                              "(eqprop bench train --train.device cpu)")
         if self.repeats < 1 or self.warmup < 0:
             raise ConfigError(f"repeats={self.repeats}, warmup={self.warmup}: need repeats ≥ 1, "
                               "warmup ≥ 0")

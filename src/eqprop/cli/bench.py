@@ -13,14 +13,14 @@ import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated
 
 import tyro
 
 from ..bench.solvers import SolverBenchConfig
 from ..bench.train_step import TrainBenchConfig
 
-__all__ = ["Args", "SolversArgs", "run"]
+__all__ = ["Args", "SolversArgs", "SolversCommand", "TrainCommand", "run"]
 
 
 @dataclass
@@ -35,24 +35,35 @@ class SolversArgs(SolverBenchConfig):
 
 
 @dataclass
-class Args:
-    """Run one benchmark."""
+class SolversCommand:
+    """Compare the relaxation solvers: NFE and wall time to a residual, fraction of samples
+    that get there (docs/solvers.md)."""
 
-    target: tyro.conf.Positional[Literal["solvers", "train"]] = "solvers"
-    """which benchmark to run"""
     solvers: SolversArgs = field(default_factory=SolversArgs)
     """settings of the solver benchmark"""
+
+
+@dataclass
+class TrainCommand:
+    """Time one training step of AsymEP, IFT, BPTT and a same-size standard transformer
+    (benchmarks/train_step.py adds the sweeps). Its defaults (width 512, 256 positions) take
+    minutes per kind on a CPU: --train.d-model 64 --train.d-ff 256 --train.seq-len 64 is
+    quick there."""
+
     train: TrainBenchConfig = field(default_factory=TrainBenchConfig)
-    """settings of the training-step benchmark (benchmarks/train_step.py adds the sweeps)"""
+    """settings of the training-step benchmark"""
 
 
-def run(args: Args) -> int:
-    """Run the benchmark ``args.target``; returns the exit code."""
-    if args.target == "solvers":
+#: ``eqprop bench solvers ...`` or ``eqprop bench train ...``, each with its own --help
+Args = Annotated[SolversCommand, tyro.conf.subcommand("solvers")] | \
+    Annotated[TrainCommand, tyro.conf.subcommand("train")]
+
+
+def run(args: SolversCommand | TrainCommand) -> int:
+    """Run the chosen benchmark; returns the exit code."""
+    if isinstance(args, SolversCommand):
         return _solvers(args.solvers)
-    if args.target == "train":
-        return _train(args.train)
-    raise AssertionError(f"unknown bench target {args.target!r}")  # tyro restricts the choices
+    return _train(args.train)
 
 
 def _solvers(a: SolversArgs) -> int:
@@ -71,13 +82,16 @@ def _solvers(a: SolversArgs) -> int:
 
 
 def _train(cfg: TrainBenchConfig) -> int:
-    from ..bench.train_step import bench_train_step
+    from ..bench.train_step import KINDS, bench_train_step
 
     cols = ["kind", "step", "free", "gradient", "update", "nfe", "tokens_per_s", "tflops",
             "peak_mem_gb"]
-    rows = bench_train_step(cfg)
-    print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
-    for r in rows:
+    print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols), flush=True)
+    for i, kind in enumerate(KINDS, 1):  # a row as soon as it is measured
+        print(f"eqprop bench train: timing {kind} ({i}/{len(KINDS)}, {cfg.warmup} + "
+              f"{cfg.repeats} steps, d_model {cfg.d_model}, {cfg.batch_size} x {cfg.seq_len} "
+              f"tokens on {cfg.device})", file=sys.stderr, flush=True)
+        (r,) = bench_train_step(cfg, kinds=(kind,))
         print("| " + " | ".join(f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c])
-                                for c in cols) + " |")
+                                for c in cols) + " |", flush=True)
     return 0

@@ -130,8 +130,9 @@ def _parse(cls: type, rest: list[str], prog: str, description: str, default: obj
     captured, rejected = io.StringIO(), False
     try:
         with contextlib.redirect_stderr(captured):
-            return tyro.cli(cls, args=rest, prog=prog, description=description,
-                            default=default)
+            if default is None:
+                return tyro.cli(cls, args=rest, prog=prog, description=description)
+            return tyro.cli(cls, args=rest, prog=prog, description=description, default=default)
     except SystemExit as e:
         if e.code in (0, None):
             raise

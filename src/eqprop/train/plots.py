@@ -2,7 +2,9 @@
 no global backend switch). Files are replaced atomically, so they can be watched.
 
 Events of the wall guard (``wall``, ``wall_cleared``; see :mod:`eqprop.train.guard`)
-are drawn on every plot as vertical lines, labelled with the action taken."""
+are drawn on every plot as vertical lines, labelled with the action taken. Skipped
+updates (non-finite, or by the guard) are shaded on ``ce.png`` and ``status.png``, and
+their training CE is marked with a cross."""
 
 from __future__ import annotations
 
@@ -87,12 +89,38 @@ def _figure(title: str, ylabel: str) -> tuple[Figure, Any]:
     return fig, ax
 
 
+def _skipped_spans(records: Sequence[dict[str, Any]]) -> list[tuple[float, float]]:
+    """``(start, end)`` step intervals of consecutive skipped updates (step s covers
+    ``(s - 1, s]``)."""
+    spans: list[list[float]] = []
+    for r in records:
+        if r.get("skipped") and "step" in r:
+            if spans and spans[-1][1] == r["step"] - 1:
+                spans[-1][1] = r["step"]
+            else:
+                spans.append([r["step"] - 1, r["step"]])
+    return [(a, b) for a, b in spans]
+
+
+def _shade_skipped(ax: Any, records: Sequence[dict[str, Any]]) -> None:
+    n = sum(1 for r in records if r.get("skipped"))
+    for i, (a, b) in enumerate(_skipped_spans(records)):
+        ax.axvspan(a, b, color="tab:purple", alpha=0.15, lw=0,
+                   label=f"update skipped ({n} steps)" if i == 0 else None)
+
+
 def _plot_ce(records, unigram: float | None, out: Path, events=()) -> None:
     fig, ax = _figure("cross-entropy", "CE (nats)")
     x, y = _series(records, "train_ce")
     if x:
         ax.plot(x, y, color="tab:blue", alpha=0.25, lw=0.8)
         ax.plot(x, _ema(y), color="tab:blue", label="train (EMA)")
+        skipped = [(r["step"], r["train_ce"]) for r in records
+                   if r.get("skipped") and r.get("train_ce") is not None]
+        if skipped:
+            ax.plot([p[0] for p in skipped], [p[1] for p in skipped], "x", color="tab:purple",
+                    ms=3, label="train, skipped update")
+        _shade_skipped(ax, records)
     x, y = _series(records, "val_ce")
     if x:
         ax.plot(x, y, "o-", color="tab:orange", label="val, training solver")
@@ -128,7 +156,7 @@ def _plot_nfe(records, out: Path, events=()) -> None:
     phases: list[str] = []
     for r in records:
         for k in r.get("nfe") or {}:
-            if k not in phases:
+            if k not in phases and k != "residual":  # the one F(z*) of the correction
                 phases.append(k)
     for k in phases:
         pts = [(r["step"], r["nfe"][k]) for r in records
@@ -149,6 +177,9 @@ def _plot_status(records, out: Path, events=()) -> None:
         ax.stackplot(x, ys, labels=labels, colors=[_STATUS_COLORS[lab] for lab in labels],
                      alpha=0.8)
         ax.set_ylim(0, 1)
+        for i, (a, b) in enumerate(_skipped_spans(records)):  # a band above the stack
+            ax.axvspan(a, b, ymin=0.97, ymax=1.0, color="tab:purple", lw=0,
+                       label="update skipped" if i == 0 else None)
         ax.legend(loc="lower left", fontsize="small")
     _save(fig, out, events)
 
