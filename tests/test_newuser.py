@@ -4,10 +4,10 @@ streaming, the bench help)."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import stat
-import subprocess
 import sys
 from pathlib import Path
 
@@ -177,15 +177,26 @@ def test_version(capsys):
     assert capsys.readouterr().out.startswith("eqprop 0.")
 
 
-def test_sample_streams_its_characters(tmp_path, text_file):
+class _Writes(io.StringIO):
+    """stdout that records each write (and each flush)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flushed: list[str] = []
+
+    def flush(self) -> None:
+        self.flushed.append(self.getvalue())
+        super().flush()
+
+
+def test_sample_streams_its_characters(tmp_path, text_file, monkeypatch):
     assert train_cli(text_file, tmp_path, "st") == 0
-    proc = subprocess.Popen([sys.executable, "-m", "eqprop", "sample", str(tmp_path / "st"),
-                             "--prompt", "To", "--tokens", "400", "--device", "cpu"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    first = proc.stdout.read(3)  # arrives before the process ends
-    assert proc.poll() is None and first.startswith(b"To")
-    proc.communicate(timeout=300)
-    assert proc.returncode == 0
+    out = _Writes()
+    monkeypatch.setattr(sys, "stdout", out)
+    assert main(["sample", str(tmp_path / "st"), "--prompt", "To", "--tokens", "20"]) == 0
+    # flushed after the prompt and after every character, not once at the end
+    seen = [x for i, x in enumerate(out.flushed) if i == 0 or x != out.flushed[i - 1]]
+    assert seen[0] == "To" and len(seen) >= 21 and out.getvalue().startswith(seen[-2])
 
 
 def test_bench_help_differs_per_benchmark(capsys):

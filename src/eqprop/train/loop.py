@@ -345,9 +345,10 @@ class Trainer:
         g = generate(self.model, self.corpus.vocab, prompt, n, solver=self.solver,
                      tol=self.cfg.solver.tol, max_steps=self.cfg.solver.max_steps,
                      temperature=0.8, generator=gen)
+        cost = "one forward pass per char" if self.backprop else f"mean NFE/char {g.mean_nfe:.1f}"
         with (self.run_dir / SAMPLES_FILE).open("a", encoding="utf-8") as f:
-            f.write(f"--- step {self.step}, temperature 0.8, prompt {prompt!r}, "
-                    f"mean NFE/char {g.mean_nfe:.1f}{f' ({g.stopped})' if g.stopped else ''}"
+            f.write(f"--- step {self.step}, temperature 0.8, prompt {prompt!r}, {cost}"
+                    f"{f' ({g.stopped})' if g.stopped else ''}"
                     f"\n{prompt}{g.text}\n\n")
 
     # -- the run -------------------------------------------------------------
@@ -359,6 +360,12 @@ class Trainer:
                 checkpointed first (a second signal stops at once), the message says the
                 step a resume restarts from.
         """
+        try:
+            return self._run()
+        finally:
+            self.close()  # the run directory is free for the next process (or trainer)
+
+    def _run(self) -> TrainSummary:
         cfg, steps = self.cfg, self.cfg.schedule.steps
         show = cfg.run.progress and self.dist.is_main
         if show:
