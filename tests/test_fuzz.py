@@ -173,6 +173,7 @@ def argv(flags: list[str], switches: list[str]) -> st.SearchStrategy:
 
 class _Summary:
     stopped = None
+    applied = 1
 
     def format(self) -> str:
         return "stub summary"

@@ -19,7 +19,7 @@ from eqprop.models import StandardLM
 from eqprop.train import load_run
 from eqprop.train.checkpoint import CKPT_DIR
 from eqprop.train.metrics import read_metrics
-from eqprop.train.plots import _skipped_spans, plot_metrics
+from eqprop.train.plots import _skipped_spans, nfe_phases, plot_metrics
 from eqprop.train.summary import TrainSummary
 from tests.test_cli import TEXT, TINY
 
@@ -53,6 +53,7 @@ def test_skipped_updates_are_reported_without_the_progress_bar(tmp_path, text_fi
 def test_the_summary_does_not_print_a_ce_it_never_measured(tmp_path, text_file, capsys):
     train_cli(text_file, tmp_path, "u", "--solver.eps", "1e9")
     out, err = capsys.readouterr()
+    assert "train CE       n/a (no step had a finite free relaxation)" in out
     (val,) = [x for x in out.splitlines() if x.startswith("val CE")]
     assert val.startswith("val CE         n/a at the training solver's z* (no relaxation "
                           "converged: ")
@@ -224,3 +225,7 @@ def test_skipped_updates_are_drawn(tmp_path):
     plot_metrics(records, tmp_path, unigram_entropy=3.0)
     assert (tmp_path / "ce.png").stat().st_size > 0
 
+
+def test_nfe_png_leaves_out_the_flat_residual_line():
+    records = [{"step": 1, "nfe": {"free": 20.0, "nudged+": 19.0, "residual": 1.0}}]
+    assert nfe_phases(records) == ["free", "nudged+"]

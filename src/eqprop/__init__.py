@@ -36,7 +36,7 @@ from .gradients import (
     surrogate,
 )
 from .gradients.holo_ep import HoloEP
-from .models import EquilibriumLM, LMField, ModelConfig
+from .models import EquilibriumLM, LMField, ModelConfig, StandardLM
 from .regularizers import (
     AdaptiveWeight,
     Homeostasis,
@@ -92,6 +92,7 @@ __all__ = [
     "Solution",
     "Solver",
     "SolverState",
+    "StandardLM",
     "Status",
     "estimate_grads",
     "gmres",

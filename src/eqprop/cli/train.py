@@ -48,6 +48,8 @@ class Args:
     resume: str | None = None
     """continue this run directory exactly from its newest checkpoint (from step 0 if it
     has none yet), with its saved config; flags override it."""
+    vocab_flag: tyro.conf.Suppress[bool] = False
+    """--model.vocab-size was on the command line (it is ignored: the data sets it)."""
 
 
 def _option(argv: list[str], name: str) -> str | None:
@@ -81,18 +83,17 @@ def base_args(argv: list[str]) -> Args:
     """
     if "-h" in argv or "--help" in argv:
         return Args()
-    if _given(argv, "--model.vocab-size") and is_main_process():
-        print("eqprop train: warning: --model.vocab-size is ignored: the vocabulary size is "
-              "the number of distinct characters in the data", file=sys.stderr)
     config, resume = _option(argv, "--config"), _option(argv, "--resume")
     if config is not None and resume is not None:
         raise ConfigError("--config and --resume cannot be combined: a resumed run "
                           "continues with its saved config")
+    vocab = _given(argv, "--model.vocab-size")
     if resume is not None:
-        return Args(train=resume_config(resume), resume=resume)
+        return Args(train=resume_config(resume), resume=resume, vocab_flag=vocab)
     if config is not None:
-        return Args(train=config_from_dict(load_config_file(config)), config=config)
-    return Args()
+        return Args(train=config_from_dict(load_config_file(config)), config=config,
+                    vocab_flag=vocab)
+    return Args(vocab_flag=vocab)
 
 
 def _given(argv: list[str], flag: str) -> bool:
@@ -116,6 +117,9 @@ def run(args: Args) -> int:
         if changed and is_main_process():
             shown = "; ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items())
             print(f"eqprop train: resuming with changed settings: {shown}", file=sys.stderr)
+    if args.vocab_flag and is_main_process():
+        print("eqprop train: warning: --model.vocab-size is ignored: the vocabulary size is "
+              "the number of distinct characters in the data", file=sys.stderr)
     summary = train(cfg, resume=args.resume)  # under torchrun: every rank trains
     if is_main_process():
         print(summary.format())

@@ -148,9 +148,10 @@ def resolve_config(cli: TrainConfig, base: dict[str, Any] | None,
                    defaults: TrainConfig | None = None) -> TrainConfig:
     """Merge the defaults, a file's (or saved run's) settings and command-line flags.
 
-    The command line cannot say which flags were typed, only their values, so a
-    flag counts as given when its value differs from the default: a flag typed
-    with its default value does not override the file.
+    Here a flag counts as given when its value differs from the default, so a value
+    typed equal to the default does not override the file. ``eqprop train`` does not
+    merge this way: it parses the flags onto the file's (or the resumed run's) values
+    (:func:`eqprop.cli.train.base_args`), so every flag on its command line wins.
 
     Args:
         cli: the config parsed from the command line (defaults where no flag was given).

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from ..errors import StorageError
 from ..solvers.status import Status
 
-__all__ = ["PLOTS", "plot_metrics"]
+__all__ = ["PLOTS", "nfe_phases", "plot_metrics"]
 
 #: file names written by :func:`plot_metrics`
 PLOTS = ("ce.png", "residual.png", "nfe.png", "status.png")
@@ -151,13 +151,20 @@ def _plot_residual(records, tol: float | None, out: Path, events=()) -> None:
     _save(fig, out, events)
 
 
-def _plot_nfe(records, out: Path, events=()) -> None:
-    fig, ax = _figure("function evaluations per sample (F, JVP, VJP)", "NFE")
+def nfe_phases(records: Sequence[dict[str, Any]]) -> list[str]:
+    """The relaxation phases ``nfe.png`` draws, in order of appearance; ``residual`` (the
+    single F(z*) of the residual correction, a flat line at 1) is left out."""
     phases: list[str] = []
     for r in records:
         for k in r.get("nfe") or {}:
-            if k not in phases and k != "residual":  # the one F(z*) of the correction
+            if k not in phases and k != "residual":
                 phases.append(k)
+    return phases
+
+
+def _plot_nfe(records, out: Path, events=()) -> None:
+    fig, ax = _figure("function evaluations per sample (F, JVP, VJP)", "NFE")
+    phases = nfe_phases(records)
     for k in phases:
         pts = [(r["step"], r["nfe"][k]) for r in records
                if (r.get("nfe") or {}).get(k) is not None]

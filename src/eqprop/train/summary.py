@@ -110,7 +110,9 @@ class TrainSummary:
             f"steps          {self.steps} ({self.skipped} skipped: non-finite"
             f"{f', {self.wall_skipped} by the wall guard' if self.wall_skipped else ''}) in "
             f"{self.wall_time:.1f} s ({rate:.2f} steps/s)",
-            f"train CE       {f(self.train_ce)} nats (last {SUMMARY_WINDOW} steps)",
+            f"train CE       {f(self.train_ce)} nats (last {SUMMARY_WINDOW} steps)"
+            if self.train_ce is not None else
+            "train CE       n/a (no step had a finite free relaxation)",
             f"val CE         {val}",
             f"unigram        {self.unigram_entropy:.3f} nats (entropy of the characters: the "
             "bar to beat)",
@@ -143,7 +145,9 @@ def summarize(records: Sequence[dict[str, Any]], *, run_dir: Path, steps: int, s
         The :class:`TrainSummary`.
     """
     rows = [r for r in records if "event" not in r]
-    ces = [r["train_ce"] for r in rows if r.get("train_ce") is not None]
+    # a step whose every free relaxation met NaN/Inf has no CE at any state worth the name
+    ces = [r["train_ce"] for r in rows if r.get("train_ce") is not None
+           and not (r.get("status") and r["status"].get("nonfinite") == sum(r["status"].values()))]
     counts = status_counts([])
     nfe_sum, n = 0.0, 0
     for r in rows:
