@@ -9,6 +9,7 @@ readout loss that EP nudges with (DESIGN.md §1, §3).
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 
@@ -60,6 +61,33 @@ class Field(ABC):
         :class:`Linearization`); the products to use when many are taken at one point.
         (``torch.func.linearize`` was measured for this: its tracing costs seconds per call.)"""
         return Linearization(self.forward_for_jvp, z)
+
+    # -- graph reuse: a Relaxation records its CUDA graphs once per shape and replays them
+    # for every later field of that shape, after copying the new field's inputs into the
+    # buffers of its own copy (see eqprop.solvers.relaxation)
+    def static_inputs(self) -> list[Tensor] | None:
+        """The tensors besides the parameters that ``F`` reads (inputs, targets, z*, ...),
+        in a fixed order; None (the default) when the field cannot be replayed on new
+        inputs (a Relaxation then records its graph anew on every call)."""
+        return None
+
+    def static_key(self) -> tuple:
+        """Settings that are not tensors but shape the computation (part of the graph key)."""
+        return ()
+
+    def static_copy(self) -> Field:
+        """A copy of the field with its own clones of :meth:`static_inputs` (sharing the
+        model): the buffers a recorded graph reads."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be replayed on new inputs")
+
+    def refresh(self) -> None:  # noqa: B027  (a hook: nothing to recompute by default)
+        """Recompute what the field derives from its inputs (run, and recorded, at the start
+        of every relaxation that replays a graph); nothing by default."""
+
+    def head(self, n: int) -> Field | None:
+        """The same field on its first ``n`` samples, or None when the field cannot build
+        one (penalties and estimates then use the whole batch)."""
+        return None
 
     def repeated(self, n: int) -> Field | None:
         """The same field on its batch repeated ``n`` times (sample ``k·B + b`` is sample
@@ -189,6 +217,34 @@ class NudgedField(Field):
         if self.antisym:
             out = out - self._two_a(z - self.z_star)
         return out
+
+    def static_inputs(self) -> list[Tensor] | None:
+        inner = self.field.static_inputs()
+        if inner is None:
+            return None
+        own = [self.beta] if isinstance(self.beta, Tensor) else []
+        return inner + own + [v for v in (self.z_star, self.r_star) if v is not None]
+
+    def static_key(self) -> tuple:
+        beta = "tensor" if isinstance(self.beta, Tensor) else self.beta
+        return (type(self.field), self.field.static_key(), beta, self.antisym,
+                self.z_star is None, self.r_star is None)
+
+    def static_copy(self) -> NudgedField:
+        new = copy.copy(self)
+        new.field = self.field.static_copy()
+        if isinstance(self.beta, Tensor):
+            new.beta = self.beta.clone()
+        new.z_star = None if self.z_star is None else self.z_star.clone()
+        new.r_star = None if self.r_star is None else self.r_star.clone()
+        new._lin = None
+        return new
+
+    def refresh(self) -> None:
+        """Linearise anew at ``z*`` (the -2A term's J and Jᵀ)."""
+        self.field.refresh()
+        if self.antisym:
+            self._lin = self.field.linearize(self.z_star)
 
     def _two_a(self, d: Tensor) -> Tensor:
         """``2A d = J d - Jᵀ d`` at the real z*; a complex ``d`` (holomorphic EP) is split

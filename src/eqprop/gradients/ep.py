@@ -9,8 +9,9 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from ..fields import Field, NudgedField
-from ..solvers.base import Solution, Solver, relax, sample_norm
+from ..solvers.base import Solution, Solver, sample_norm
 from ..solvers.euler import Euler
+from ..solvers.relaxation import Relaxation
 from .base import Estimator, EstimatorResult, surrogate
 
 __all__ = ["EP", "AsymEP"]
@@ -56,6 +57,8 @@ class EP(Estimator):
 
     #: add the -2A (z - z*) term of asymmetric EP
     antisym = False
+    #: the nudged relaxation, built once (its CUDA graphs are reused across batches)
+    relaxation: Relaxation = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not (isinstance(self.beta, (int, float)) and self.beta > 0):
@@ -64,12 +67,13 @@ class EP(Estimator):
             raise ConfigError(f"{type(self).__name__}(tol={self.tol!r}): must be > 0")
         if not (isinstance(self.max_steps, int) and self.max_steps >= 1):
             raise ConfigError(f"{type(self).__name__}(max_steps={self.max_steps!r}): must be ≥ 1")
+        self.relaxation = Relaxation(self.solver, tol=self.tol, max_steps=self.max_steps,
+                                     check_every=self.check_every, capture=self.capture)
 
     def _nudge(self, field: Field, z: Tensor, beta: float | Tensor, scale: Tensor,
                r_star: Tensor | None) -> Solution:
         F_beta = NudgedField(field, beta, z, antisym=self.antisym, r_star=r_star)
-        return relax(F_beta, z, self.solver, tol=self.tol, max_steps=self.max_steps, scale=scale,
-                     check_every=self.check_every, capture=self.capture)
+        return self.relaxation.run(F_beta, z, scale=scale)
 
     def _both_nudges(self, field: Field, z: Tensor, scale: Tensor,
                      r_star: Tensor | None) -> tuple[Solution, Solution]:

@@ -22,7 +22,7 @@ import torch.nn.functional as Fn
 from torch import Tensor
 
 __all__ = ["causal_attention", "causal_mask", "gelu_tanh", "layer_norm", "linear",
-           "masked_logsumexp", "masked_softmax", "softplus"]
+           "masked_logsumexp", "masked_softmax", "softplus", "unit"]
 
 #: the causal mask on complex scores: exp(MASK_NEG - max) is exactly 0, and unlike -inf it
 #: never meets inf·0 = NaN in complex products or in the backward pass
@@ -59,15 +59,23 @@ def masked_logsumexp(scores: Tensor, mask: Tensor) -> Tensor:
     return torch.log(torch.exp(s).sum(-1)) + m.squeeze(-1)
 
 
-def causal_attention(q: Tensor, k: Tensor, v: Tensor, explicit: bool) -> Tensor:
+def unit(q: Tensor, eps: float = 1e-6) -> Tensor:
+    """``q / ‖q‖`` over the last dim, with ``‖q‖² = Σ q·q`` (no conjugate: holomorphic)."""
+    return q * torch.rsqrt((q * q).sum(-1, keepdim=True) + eps)
+
+
+def causal_attention(q: Tensor, k: Tensor, v: Tensor, explicit: bool,
+                     scale: float | None = None) -> Tensor:
     """Causal softmax attention. ``q, k, v``: ``(B, H, T, d_h)`` -> ``(B, H, T, d_h)``.
 
-    Complex inputs always take the explicit path (the fused kernels are real-only).
+    Logits are ``scale · q·k`` (default ``1/√d_h``). Complex inputs always take the
+    explicit path (the fused kernels are real-only).
     """
     if not explicit and not q.is_complex():
-        return Fn.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return Fn.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
     T = q.shape[-2]
-    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # (B, H, T, T)
+    qk = q @ k.transpose(-1, -2)  # (B, H, T, T)
+    scores = qk / math.sqrt(q.shape[-1]) if scale is None else scale * qk
     return masked_softmax(scores, causal_mask(T, q.device)) @ v
 
 

@@ -21,6 +21,7 @@ from .attention import (
     linear,
     masked_logsumexp,
     softplus,
+    unit,
 )
 from .config import ModelConfig
 
@@ -57,6 +58,7 @@ class AsymBlock(nn.Module):
         super().__init__()
         D, s = cfg.d_model, cfg.init_scale
         self.n_heads = cfg.n_heads
+        self.qk_norm, self.logit_scale = cfg.qk_norm, cfg.logit_scale
         self.norm = _Norm(D)
         self.W_q, self.W_k = _linear(D, D, s), _linear(D, D, s)
         self.W_v, self.W_o = _linear(D, D, s), _linear(D, D, s)
@@ -72,7 +74,10 @@ class AsymBlock(nn.Module):
         B, T, D = z.shape
         h = self.norm(z)  # (B, T, D)
         q, k, v = (self._heads(linear(W, h)) for W in (self.W_q, self.W_k, self.W_v))
-        a = causal_attention(q, k, v, explicit).transpose(1, 2).reshape(B, T, D)
+        scale = None
+        if self.qk_norm:  # logits logit_scale · cos(q, k): bounded
+            q, k, scale = unit(q), unit(k), self.logit_scale
+        a = causal_attention(q, k, v, explicit, scale).transpose(1, 2).reshape(B, T, D)
         return linear(self.W_o, a) + linear(self.W_2, gelu_tanh(linear(self.W_1, h)))
 
 
@@ -94,6 +99,7 @@ class EnergyBlock(nn.Module):
         super().__init__()
         D, s = cfg.d_model, cfg.init_scale * ENERGY_INIT
         self.n_heads = cfg.n_heads
+        self.qk_norm, self.logit_scale = cfg.qk_norm, cfg.logit_scale
         self.W_q, self.W_k = _linear(D, D, s), _linear(D, D, s)
         self.xi = _linear(D, cfg.d_ff, s, bias=True)
 
@@ -105,6 +111,8 @@ class EnergyBlock(nn.Module):
         q = linear(self.W_q, g).view(B, T, H, dh).transpose(1, 2)  # (B, H, T, d_h)
         k = linear(self.W_k, g).view(B, T, H, dh).transpose(1, 2)
         gamma = 1.0 / math.sqrt(dh)
+        if self.qk_norm:  # bounded logits: the energy stays a scalar function of g
+            q, k, gamma = unit(q), unit(k), self.logit_scale
         scores = gamma * (q @ k.transpose(-1, -2))  # (B, H, T, T)
         e_att = -masked_logsumexp(scores, causal_mask(T, z.device)).sum(dim=(1, 2)) / gamma
         e_hop = -softplus(linear(self.xi, g)).sum(dim=(1, 2))

@@ -30,6 +30,16 @@ class ModelConfig:
         init_scale: multiplies the initial weights of the non-conservative part n.
         fused_attention: use PyTorch's fused attention for plain forwards (the
             explicit masked softmax is always used for JVPs).
+        damping: γ ≥ 0, the leak of the conservative part: ``c(z) = -(1 + γ) z + drive``
+            (a physical circuit's leak to ground). It shifts every eigenvalue of J left
+            by γ (J → J - γI): a symmetric change, so AsymEP stays exact and holomorphic
+            EP works unchanged. It moves the Hopf point; it raises Euler's ε_crit
+            ``-2a/(a²+b²)`` little when |b| is large.
+        qk_norm: normalised queries and keys: the attention logit is ``qk_scale ·
+            cos(q, k)``, bounded by ``qk_scale``, which bounds the attention part of
+            ``J_n`` (the softmax's derivative is bounded by its logits' spread).
+        qk_scale: the logit bound of ``qk_norm`` (None: ``√d_head``, the spread of
+            unnormalised logits at initialisation).
     """
 
     vocab_size: int = 65
@@ -42,6 +52,9 @@ class ModelConfig:
     tied_readout: bool = False
     init_scale: float = 1.0
     fused_attention: bool = True
+    damping: float = 0.0
+    qk_norm: bool = False
+    qk_scale: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "n_heads", "d_ff", "n_layers", "seq_len"):
@@ -57,7 +70,25 @@ class ModelConfig:
             raise ConfigError(f"model.block={self.block!r}: allowed values are {', '.join(BLOCKS)}")
         if not self.init_scale > 0:
             raise ConfigError(f"model.init_scale={self.init_scale!r}: must be > 0")
+        if isinstance(self.damping, bool) or not (isinstance(self.damping, (int, float))
+                                                  and 0 <= self.damping < float("inf")):
+            raise ConfigError(f"model.damping={self.damping!r}: must be a finite number ≥ 0")
+        if not isinstance(self.qk_norm, bool):
+            raise ConfigError(f"model.qk_norm={self.qk_norm!r}: must be true or false")
+        s = self.qk_scale
+        if s is not None and (isinstance(s, bool) or not (isinstance(s, (int, float))
+                                                          and 0 < s < float("inf"))):
+            raise ConfigError(f"model.qk_scale={s!r}: must be a finite number > 0 "
+                              "(or None for √d_head)")
+        if s is not None and not self.qk_norm:
+            raise ConfigError(f"model.qk_scale={s!r} is set but model.qk_norm is off: "
+                              "turn qk_norm on or leave qk_scale unset")
 
     @property
     def d_head(self) -> int:
         return self.d_model // self.n_heads
+
+    @property
+    def logit_scale(self) -> float:
+        """The bound on attention logits under ``qk_norm``."""
+        return float(self.qk_scale) if self.qk_scale is not None else self.d_head ** 0.5

@@ -10,6 +10,8 @@ holomorphic extensions of the real ones; the real path is unchanged.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as Fn
@@ -62,16 +64,17 @@ class EquilibriumLM(nn.Module):
 
     # -- the field ---------------------------------------------------------
     def conservative(self, z: Tensor, x: Tensor) -> Tensor:
-        """``c(z; x) = -z + drive``; drive is x for layer 1 and z_{l-1} above it."""
+        """``c(z; x) = -(1 + γ) z + drive``; drive is x for layer 1 and z_{l-1} above it."""
+        leak = 1.0 + self.cfg.damping  # 1 + γ
         if self.cfg.block == "asym":
             drive = torch.cat([x.unsqueeze(1), z[:, :-1]], dim=1)  # (B, L, T, D)
-            return -z + drive
-        # energy: -∇ of Σ_l ½‖z_l‖² - <x, z_1> - α Σ_l <z_{l-1}, z_l> (symmetric coupling)
+            return -leak * z + drive
+        # energy: -∇ of Σ_l ½(1+γ)‖z_l‖² - <x, z_1> - α Σ_l <z_{l-1}, z_l> (symmetric coupling)
         a = ENERGY_COUPLING
         zeros = torch.zeros_like(z[:, :1])
         below = torch.cat([zeros, z[:, :-1]], dim=1)
         above = torch.cat([z[:, 1:], zeros], dim=1)
-        c = -z + a * (below + above)
+        c = -leak * z + a * (below + above)
         return torch.cat([c[:, :1] + x.unsqueeze(1), c[:, 1:]], dim=1)
 
     def nonconservative(self, z: Tensor, explicit: bool = False) -> Tensor:
@@ -123,6 +126,23 @@ class LMField(Field):
 
     def forward_for_jvp(self, z: Tensor) -> Tensor:
         return self.model.force(z, self.x, explicit=True)
+
+    def static_inputs(self) -> list[Tensor]:
+        # tokens: the drive is recomputed from them wherever autograd records F (Linearization)
+        return [self.tokens, self._x] + ([] if self.targets is None else [self.targets])
+
+    def static_key(self) -> tuple:
+        return (id(self.model), self._explicit, self.targets is None)
+
+    def static_copy(self) -> LMField:
+        new = copy.copy(self)
+        new.tokens, new._x = self.tokens.clone(), self._x.clone()
+        new.targets = None if self.targets is None else self.targets.clone()
+        return new
+
+    def head(self, n: int) -> LMField:
+        targets = None if self.targets is None else self.targets[:n]
+        return LMField(self.model, self.tokens[:n], targets)
 
     def repeated(self, n: int) -> LMField:
         targets = None if self.targets is None else self.targets.repeat(n, 1)

@@ -44,6 +44,7 @@ class RegularizerConfig:
         weight: the fixed weight, or the adaptive weight's starting value.
         adaptive: let the weight follow the relaxation health (see :class:`AdaptiveWeight`).
         n_probes: Gaussian probes per sample and step.
+        samples: evaluate the penalty on this many samples of each batch (0: all).
         adapt: the adaptive weight's knobs (used when ``adaptive``).
     """
 
@@ -51,6 +52,7 @@ class RegularizerConfig:
     weight: float = 1e-2
     adaptive: bool = False
     n_probes: int = 1
+    samples: int = 0
     adapt: AdaptiveConfig = field(default_factory=AdaptiveConfig)
 
     def __post_init__(self) -> None:
@@ -65,6 +67,10 @@ class RegularizerConfig:
         if isinstance(self.n_probes, bool) or not isinstance(self.n_probes, int) \
                 or self.n_probes < 1:
             raise ConfigError(f"regularizer n_probes={self.n_probes!r}: must be an integer ≥ 1")
+        if isinstance(self.samples, bool) or not isinstance(self.samples, int) \
+                or self.samples < 0:
+            raise ConfigError(f"regularizer samples={self.samples!r}: must be an integer ≥ 0 "
+                              "(0: the whole batch)")
         if self.adaptive and self.name != "none":
             self.weight_controller()  # validate the knobs now, with the config's names
 
@@ -84,9 +90,9 @@ class RegularizerConfig:
 REGULARIZERS: dict[str, Callable[[RegularizerConfig], Regularizer | None]] = {
     "none": lambda c: None,
     "jacreg": lambda c: JacReg(weight=c.weight, n_probes=c.n_probes,
-                               adaptive=c.weight_controller()),
+                               adaptive=c.weight_controller(), samples=c.samples),
     "homeostasis": lambda c: Homeostasis(weight=c.weight, n_probes=c.n_probes,
-                                         adaptive=c.weight_controller()),
+                                         adaptive=c.weight_controller(), samples=c.samples),
 }
 
 

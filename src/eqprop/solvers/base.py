@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from ..fields import FieldFn, evals_per_call
-from .status import Status, classify
+from .status import Status
 
 __all__ = ["Solution", "Solver", "SolverState", "Status", "bcast", "relax", "sample_norm"]
 
@@ -112,7 +112,8 @@ class Solution:
 
     def counts(self) -> dict[str, int]:
         """Number of samples in each status, by label."""
-        return {s.label: int((self.status == s).sum()) for s in Status}
+        n = torch.bincount(self.status.flatten(), minlength=len(Status)).tolist()  # one sync
+        return {s.label: n[s] for s in Status}
 
     def select(self, idx: slice) -> Solution:
         """The solution of the samples ``idx`` (a slice of the batch)."""
@@ -128,7 +129,9 @@ class Solution:
 def relax(F: FieldFn, z0: Tensor, solver: Solver, *, tol: float = 1e-5, max_steps: int = 500,
           trace: bool = False, check_every: int = 1, scale: Tensor | None = None,
           capture: bool = False) -> Solution:
-    """Relax ``dz/dt = F(z)`` from ``z0`` to an equilibrium, every sample on its own.
+    """Relax ``dz/dt = F(z)`` from ``z0`` to an equilibrium, every sample on its own: a
+    one-off :class:`~eqprop.solvers.relaxation.Relaxation` (callers that relax many
+    batches hold one, so that its CUDA graphs are recorded once).
 
     Runs without building an autograd graph. A sample stops moving once its
     relative residual ``g = ‖F(z)‖/‖z‖ ≤ tol`` (or it turns non-finite) while the
@@ -154,30 +157,8 @@ def relax(F: FieldFn, z0: Tensor, solver: Solver, *, tol: float = 1e-5, max_step
     Returns:
         A :class:`Solution`.
     """
-    if not tol > 0:
-        raise ValueError(f"tol={tol!r}: must be > 0")
-    if not (isinstance(max_steps, int) and max_steps >= 0):
-        raise ValueError(f"max_steps={max_steps!r}: must be an integer ≥ 0")
-    if not (isinstance(check_every, int) and check_every >= 1):
-        raise ValueError(f"check_every={check_every!r}: must be an integer ≥ 1")
-    if capture and not solver.capturable:
-        raise ValueError(f"capture=True: {type(solver).__name__} synchronises with the host "
-                         "and cannot be captured (capturable solvers: Euler, AdaptiveEuler, "
-                         "Anderson, Broyden)")
-    from .loop import run_loop  # the device-side loop and its CUDA graph
+    from .relaxation import Relaxation  # the loop, its buffers and CUDA graphs
 
-    with torch.no_grad():
-        loop = run_loop(F, z0, solver, tol=tol, max_steps=max_steps, check_every=check_every,
-                        scale=scale, capture=capture and z0.is_cuda)
-        S = int(loop.steps.max()) + 1 if loop.steps.numel() else 1
-        residuals = loop.res[:, :S]  # (B, S)
-        B = z0.shape[0]
-        finite = torch.isfinite(loop.r_rel) & torch.isfinite(loop.state.z.reshape(B, -1)).all(1)
-        status = classify(residuals, converged=loop.r_rel <= tol, finite=finite,
-                          norms=loop.norms[:, :S])
-        return Solution(
-            z=loop.state.z, status=status, steps=loop.steps, nfe=loop.state.nfe,
-            residual=loop.r_abs, rel_residual=loop.r_rel,
-            residual_trace=residuals if trace else None,
-            eps_trace=loop.eps[:, :S] if trace and loop.eps is not None else None,
-        )
+    # one-off: a graph is recorded for this call and released after it (no reuse)
+    return Relaxation(solver, tol=tol, max_steps=max_steps, check_every=check_every,
+                      capture=capture).run(F, z0, scale=scale, trace=trace, reuse=False)

@@ -19,7 +19,7 @@ from torch import Tensor
 from ..fields import FieldFn
 from .base import Solver, SolverState, sample_norm
 
-__all__ = ["Loop", "run_loop"]
+__all__ = ["Loop", "advance", "copy_into", "run_loop", "start"]
 
 
 @dataclass
@@ -32,9 +32,10 @@ class Loop:
     t: Tensor  # () long: loop steps so far
     r_abs: Tensor  # (B,) ‖F(z)‖
     r_rel: Tensor  # (B,) g = ‖F(z)‖ / normaliser
-    res: Tensor  # (B, max_steps+1) g per step
-    norms: Tensor  # (B, max_steps+1) normaliser per step (‖z‖ or the given scale)
-    eps: Tensor | None  # (B, max_steps+1) ε per step, when the solver has one
+    res: Tensor  # (B, max_steps+k+1) g per step (k more columns than the budget: a chunk
+    #              of k masked steps past the budget writes its columns harmlessly)
+    norms: Tensor  # (B, max_steps+k+1) normaliser per step (‖z‖ or the given scale)
+    eps: Tensor | None  # (B, max_steps+k+1) ε per step, when the solver has one
 
     def tensors(self) -> list[Tensor]:
         """Every tensor, in a fixed order (for copying into a graph's static buffers)."""
@@ -65,12 +66,13 @@ def _measure(loop: Loop, tol: float, scale: Tensor | None) -> Loop:
     return replace(loop, active=active, r_abs=r_abs, r_rel=r_rel)
 
 
-def _start(F: FieldFn, z0: Tensor, solver: Solver, tol: float, max_steps: int,
-           scale: Tensor | None) -> Loop:
+def start(F: FieldFn, z0: Tensor, solver: Solver, tol: float, max_steps: int,
+          scale: Tensor | None, check_every: int) -> Loop:
+    """The loop at ``t = 0``: the solver's initial state and its residuals."""
     state = solver.init(F, z0)
     B, dev = z0.shape[0], z0.device
     rdtype = z0.real.dtype
-    trace = torch.zeros(B, max_steps + 1, dtype=rdtype, device=dev)
+    trace = torch.zeros(B, max_steps + check_every + 1, dtype=rdtype, device=dev)
     loop = Loop(state=state, active=torch.ones(B, dtype=torch.bool, device=dev),
                 steps=torch.zeros(B, dtype=torch.long, device=dev),
                 t=torch.zeros((), dtype=torch.long, device=dev),
@@ -81,21 +83,33 @@ def _start(F: FieldFn, z0: Tensor, solver: Solver, tol: float, max_steps: int,
     return _measure(loop, tol, scale)
 
 
-def _advance(F: FieldFn, solver: Solver, loop: Loop, n: int, tol: float,
-             scale: Tensor | None) -> Loop:
-    """``n`` masked steps: inactive samples keep their state, NFE and step count."""
+def advance(F: FieldFn, solver: Solver, loop: Loop, n: int, tol: float, max_steps: int,
+            scale: Tensor | None) -> Loop:
+    """``n`` masked steps: inactive samples, and every sample once ``t`` reaches
+    ``max_steps``, keep their state, NFE and step count (so a chunk may overrun the
+    budget on the device without changing the result)."""
     for _ in range(n):
-        state = loop.state.where(loop.active, solver.step(F, loop.state))
-        loop = replace(loop, state=state, steps=loop.steps + loop.active, t=loop.t + 1)
+        go = loop.active & (loop.t < max_steps)  # (B,)
+        state = loop.state.where(go, solver.step(F, loop.state))
+        loop = replace(loop, state=state, steps=loop.steps + go, t=loop.t + 1)
         loop = _measure(loop, tol, scale)
     return loop
+
+
+def copy_into(static: Loop, new: Loop) -> None:
+    """Write ``new``'s tensors into ``static``'s (same layout), in place."""
+    if new.layout() != static.layout():
+        raise RuntimeError("the solver state changes shape between steps")
+    for dst, src in zip(static.tensors(), new.tensors(), strict=True):
+        if dst is not src:
+            dst.copy_(src)
 
 
 class _Graph:
     """``k`` steps recorded once as a CUDA graph; ``replay`` advances ``static`` in place."""
 
     def __init__(self, F: FieldFn, solver: Solver, static: Loop, k: int, tol: float,
-                 scale: Tensor | None, stream: torch.cuda.Stream) -> None:
+                 max_steps: int, scale: Tensor | None, stream: torch.cuda.Stream) -> None:
         self.static = static
         self.graph = torch.cuda.CUDAGraph()
         # capture_begin/end rather than torch.cuda.graph(), which also runs gc.collect() on
@@ -103,12 +117,7 @@ class _Graph:
         stream.synchronize()  # the warm-up chunk is done before recording starts
         self.graph.capture_begin()
         try:
-            out = _advance(F, solver, static, k, tol, scale)
-            if out.layout() != static.layout():
-                raise RuntimeError("the solver state changes shape between steps")
-            for dst, src in zip(static.tensors(), out.tensors(), strict=True):
-                if dst is not src:
-                    dst.copy_(src)
+            copy_into(static, advance(F, solver, static, k, tol, max_steps, scale))
         finally:
             self.graph.capture_end()
 
@@ -151,7 +160,7 @@ def run_loop(F: FieldFn, z0: Tensor, solver: Solver, *, tol: float, max_steps: i
 
 def _run(F: FieldFn, z0: Tensor, solver: Solver, tol: float, max_steps: int, check_every: int,
          scale: Tensor | None, stream: torch.cuda.Stream | None) -> Loop:
-    loop = _start(F, z0, solver, tol, max_steps, scale)
+    loop = start(F, z0, solver, tol, max_steps, scale, check_every)
     graph: _Graph | None = None
     t = 0
     try:
@@ -160,10 +169,10 @@ def _run(F: FieldFn, z0: Tensor, solver: Solver, tol: float, max_steps: int, che
             if graph is not None and n == check_every:
                 loop = graph.replay()
             else:
-                loop = _advance(F, solver, loop, n, tol, scale)
+                loop = advance(F, solver, loop, n, tol, max_steps, scale)
                 if stream is not None and n == check_every:  # that was the warm-up: record
                     try:
-                        graph = _Graph(F, solver, loop, n, tol, scale, stream)
+                        graph = _Graph(F, solver, loop, n, tol, max_steps, scale, stream)
                     except RuntimeError as e:
                         warnings.warn(f"relax: CUDA-graph capture failed, running eagerly "
                                       f"({str(e).splitlines()[0]})", stacklevel=4)

@@ -18,6 +18,7 @@ from ..gradients.registry import EstimatorConfig
 from ..models import ModelConfig
 from ..regularizers import RegularizerConfig
 from ..solvers.registry import SOLVERS, SolverConfig
+from .stability import StabilityConfig
 
 __all__ = ["GUARD_ACTIONS", "GUARD_POLICIES", "EvalConfig", "GuardConfig", "OptimConfig",
            "RunConfig", "ScheduleConfig", "TrainConfig", "check_device", "check_seed"]
@@ -71,6 +72,8 @@ class OptimConfig:
         beta1: AdamW's first-moment decay.
         beta2: AdamW's second-moment decay.
         grad_clip: clip the global gradient norm to this value; 0 turns clipping off.
+        ema_decay: decay of an exponential moving average of the parameters, used for
+            validation and sampling and saved in checkpoints; 0 turns it off.
     """
 
     lr: float = 1e-2
@@ -78,9 +81,11 @@ class OptimConfig:
     beta1: float = 0.9
     beta2: float = 0.99
     grad_clip: float = 1.0
+    ema_decay: float = 0.0
 
     def __post_init__(self) -> None:
         _number("optim", "lr", self.lr, 0, 10, lo_open=True)
+        _number("optim", "ema_decay", self.ema_decay, 0, 1, hi_open=True)
         _number("optim", "weight_decay", self.weight_decay, 0, 10)
         _number("optim", "beta1", self.beta1, 0, 1, hi_open=True)
         _number("optim", "beta2", self.beta2, 0, 1, hi_open=True)
@@ -297,6 +302,7 @@ class TrainConfig:
         regularizer: Jacobian penalty (none, jacreg, homeostasis), fixed or adaptive weight.
         tracking: every how many steps ε_crit and the critical mode are measured (0: never).
         guard: the wall guard (what happens when free relaxations stop converging).
+        stability: the stability controller (sets the Jacobian penalty's weight).
     """
 
     model: ModelConfig = field(default_factory=_default_model)
@@ -310,6 +316,7 @@ class TrainConfig:
     regularizer: RegularizerConfig = field(default_factory=RegularizerConfig)
     tracking: StabilityTracking = field(default_factory=lambda: StabilityTracking(every=50))
     guard: GuardConfig = field(default_factory=GuardConfig)
+    stability: StabilityConfig = field(default_factory=StabilityConfig)
 
     def __post_init__(self) -> None:
         _check_finite(self)
@@ -325,3 +332,8 @@ class TrainConfig:
             raise ConfigError(f"regularizer.name={self.regularizer.name!r} penalises an "
                               "equilibrium's Jacobian; the backprop baseline has none: use "
                               "--regularizer.name none")
+        if self.stability.enabled and (self.regularizer.name == "none"
+                                       or self.regularizer.adaptive):
+            raise ConfigError("stability.enabled=true sets the Jacobian penalty's weight: "
+                              "choose regularizer.name jacreg or homeostasis with a fixed "
+                              "weight (regularizer.adaptive false)")

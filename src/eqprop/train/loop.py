@@ -11,6 +11,7 @@ trackers are marked in :meth:`Trainer.train_step`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
@@ -29,8 +30,9 @@ from ..diagnostics.plots import plot_stability_history
 from ..errors import CheckpointError, ConfigError
 from ..gradients.registry import BACKPROP, build_estimator
 from ..models import EquilibriumLM, LMField, StandardLM, build_model
-from ..solvers import Solution, relax
+from ..solvers import Solution, Status
 from ..solvers.registry import build_solver
+from ..solvers.relaxation import Relaxation
 from .backprop import backprop_step, evaluate_forward
 from .checkpoint import (
     file_sha256,
@@ -42,12 +44,13 @@ from .checkpoint import (
 )
 from .config import TrainConfig
 from .distributed import init_distributed
+from .ema import EMA
 from .evaluation import evaluate
 from .generation import generate
-from .guard import WallGuard, relaxations_finite
+from .guard import WallGuard
 from .hooks import ConfigHooks
 from .interrupt import StopSignals, TrainingInterrupted
-from .metrics import format_progress, status_counts
+from .metrics import format_progress
 from .plots import plot_metrics
 from .rundir import (
     CONFIG_FILE,
@@ -61,6 +64,7 @@ from .rundir import (
 )
 from .sanity import suspicious_settings
 from .schedule import lr_at
+from .stability import StabilityController
 from .summary import TrainSummary, summarize
 
 __all__ = ["Penalty", "Tracker", "TrainSummary", "Trainer", "resolve_device", "train"]
@@ -81,6 +85,22 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"run.device={name!r} but CUDA is not available: use auto or cpu")
     return torch.device(name)
+
+
+def _to_host(scalars: dict[str, Tensor], free: Solution, nudged: list[Solution]
+             ) -> tuple[dict[str, float], dict[str, int], dict[str, int]]:
+    """Scalars and status counts of a step in one device-to-host transfer: ``(scalars,
+    free-phase counts, nudged-phase counts summed)``."""
+    n = len(Status)
+    codes = [torch.bincount(free.status.flatten(), minlength=n)]
+    codes += [torch.bincount(s.status.flatten(), minlength=n) for s in nudged]
+    packed = torch.cat([torch.stack([v.detach().float().reshape(()) for v in scalars.values()]),
+                        torch.stack(codes).flatten().float()]).tolist()
+    host = dict(zip(scalars, packed[:len(scalars)], strict=True))
+    rows = [packed[len(scalars) + k * n: len(scalars) + (k + 1) * n] for k in range(len(codes))]
+    counts = {s.label: int(rows[0][s]) for s in Status}
+    nudge = {s.label: int(sum(r[s] for r in rows[1:])) for s in Status}
+    return host, counts, nudge
 
 
 class Trainer:
@@ -131,12 +151,16 @@ class Trainer:
         self.penalty, self.trackers = penalty, list(trackers)
         self.hooks = ConfigHooks(cfg.regularizer, cfg.tracking, cfg.solver.eps, sync=self.dist)
         self.solver = build_solver(cfg.solver)
+        self._free: Relaxation | None = None
         self.estimator = None if self.backprop else build_estimator(cfg.estimator, cfg.solver)
         self.guard = WallGuard(cfg.guard)
+        self.stability = StabilityController(cfg.stability) if cfg.stability.enabled else None
+        self.events: list[dict[str, Any]] = []  # decisions to log, taken by run()
         if ck is not None:
             self.model = model_from_checkpoint(ck, cfg)
         self.model.to(self.device)
         self.dist.broadcast_module(self.model)  # identical weights on every rank
+        self.ema = EMA(self.model, cfg.optim.ema_decay) if cfg.optim.ema_decay else None
         self.optimizer = self._make_optimizer()
         self.ckpt_step: int | None = None  # the step of the newest checkpoint on disk
         if ck is not None:
@@ -148,6 +172,8 @@ class Trainer:
             self.run_dir = self.dist.on_main(lambda: new_run_dir(cfg.run))
         self.lock: RunLock | None = None
         self.dist.on_main(self._lock)  # a second process in this run directory: refused
+        if self.stability is not None:  # the controller owns the penalty's weight
+            self.hooks.reg.weight = self.stability.weight
         # config.yaml; an unwritable or full disk fails now (on every rank), not later
         self.dist.on_main(lambda: open_run_dir(self.run_dir, self.cfg, self.model))
         self.metrics = self.dist.metrics_log(self.run_dir / METRICS_FILE)
@@ -185,7 +211,9 @@ class Trainer:
         no_decay = [p for _, p in self.model.named_parameters() if p.dim() < 2]
         groups = [{"params": decay, "weight_decay": o.weight_decay},
                   {"params": no_decay, "weight_decay": 0.0}]
-        return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2))
+        # the fused kernel on CUDA: one launch for every parameter
+        return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2),
+                                 fused=self.device.type == "cuda")
 
     def _rng_state(self) -> dict[str, Any]:
         rng: dict[str, Any] = {"torch": torch.get_rng_state(), "data": self.data_gen.get_state()}
@@ -211,47 +239,70 @@ class Trainer:
         self.elapsed = float(extra.get("elapsed", 0.0))
         self.hooks.load_state_dict(extra.get("hooks", {}))
         self.guard.load_state_dict(extra.get("guard", {}), self)
+        if self.ema is not None and "ema" in extra:
+            self.ema.load_state_dict(extra["ema"])
+        if self.stability is not None and "stability" in extra:
+            self.stability.load_state_dict(extra["stability"], self.device)
 
     # -- one step ------------------------------------------------------------
+    def free_relaxation(self) -> Relaxation:
+        """The free phase's relaxation, built once (rebuilt if the guard swapped the solver)."""
+        sc = self.cfg.solver
+        if self._free is None or self._free.solver is not self.solver:
+            self._free = Relaxation(self.solver, tol=sc.tol, max_steps=sc.max_steps,
+                                    check_every=sc.check_every, capture=sc.capture)
+        return self._free
+
     def train_step(self, tokens: Tensor, targets: Tensor) -> dict[str, Any]:
-        """One update on a batch ``tokens, targets (B, T)``; returns its metrics record."""
+        """One update on a batch ``tokens, targets (B, T)``; returns its metrics record.
+
+        The host waits for the device only inside the relaxations (a check every
+        ``check_every`` steps) and once before the update, when every number the step
+        reports (and the skip decision needs) comes over in one transfer.
+        """
         if self.backprop:
             return self._backprop_step(tokens, targets)
         t0 = time.perf_counter()
         self.model.train()
         field = self.model.field(tokens, targets)
         # 1. free phase: relax from the input drive to z*
-        sc = self.cfg.solver
-        sol = relax(field, field.initial_state(), self.solver, tol=sc.tol,
-                    max_steps=sc.max_steps, check_every=sc.check_every, capture=sc.capture)
+        sol = self.free_relaxation().run(field, field.initial_state())
         # 2. the estimator's surrogate: its backward() fills .grad with the estimate
         result = self.estimator.estimate(field, sol.z)
         objective = result.surrogate
-        record: dict[str, Any] = {}
         # ---- HOOK (regularizers): a penalty scalar added to the surrogate --------------
-        for hook in (self.penalty, self.hooks.penalty):
-            pen = None if hook is None else hook(field, sol.z, sol)
-            if pen is not None:
-                objective = objective + pen
-                record["penalty"] = record.get("penalty", 0.0) + float(pen.detach())
+        penalties = [pen for hook in (self.penalty, self.hooks.penalty) if hook is not None
+                     for pen in [hook(field, sol.z, sol)] if pen is not None]
+        for pen in penalties:
+            objective = objective + pen
         # ------------------------------------------------------------------------------
-        # 3. update (skipped when anything is non-finite)
+        # 3. gradient, then one transfer of everything the step reports
         self.optimizer.zero_grad(set_to_none=True)
         objective.backward()
         self.dist.average_gradients(self.model.parameters())  # torchrun: mean over ranks
         clip = self.cfg.optim.grad_clip or float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
-        loss = float(result.loss)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        nudged = list(result.solutions.values())
+        scalars = {"loss": result.loss, "grad_norm": grad_norm,
+                   "res_max": sol.rel_residual.max(), "res_mean": sol.rel_residual.mean(),
+                   "nfe.free": sol.nfe.float().mean()}
+        scalars.update({f"nfe.{k}": v.float().mean() for k, v in result.nfe.items()})
+        if penalties:
+            scalars["penalty"] = sum(p.detach() for p in penalties)
+        host, counts, nudge_counts = _to_host(scalars, sol, nudged)
+        loss, gn = host["loss"], host["grad_norm"]
         lr = lr_at(self.step, self.cfg.optim, self.cfg.schedule)
-        finite = self.dist.all_true(math.isfinite(loss) and math.isfinite(grad_norm) and
-                                    math.isfinite(record.get("penalty", 0.0)) and
-                                    relaxations_finite(sol, *result.solutions.values()))
+        finite = self.dist.all_true(
+            math.isfinite(loss) and math.isfinite(gn) and math.isfinite(host.get("penalty", 0))
+            and counts["nonfinite"] == 0 and nudge_counts.get("nonfinite", 0) == 0)
         # the guard judges the global batch: the same verdict on every rank
-        apply = finite and self.guard.allow_update(self.dist.sum_counts(sol.counts()))
+        apply = finite and self.guard.allow_update(self.dist.sum_counts(counts))
         if apply:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update()
         elif not finite:
             self.skipped += 1
         else:
@@ -259,17 +310,17 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         B = tokens.shape[0]
-        nfe = {"free": float(sol.nfe.float().mean())}
-        nfe.update({k: float(v.float().mean()) for k, v in result.nfe.items()})
-        counts = sol.counts()
-        record = {
-            "step": self.step, "train_ce": loss, "lr": lr, "grad_norm": grad_norm,
-            "res_max": float(sol.rel_residual.max()), "res_mean": float(sol.rel_residual.mean()),
+        nfe = {k[4:]: v for k, v in host.items() if k.startswith("nfe.")}
+        record: dict[str, Any] = {
+            "step": self.step, "train_ce": loss, "lr": lr, "grad_norm": gn,
+            "res_max": host["res_max"], "res_mean": host["res_mean"],
             "nfe": nfe, "nfe_total": sum(nfe.values()), "status": counts,
-            "status_frac": {k: v / B for k, v in counts.items()}, **record,
+            "status_frac": {k: v / B for k, v in counts.items()},
         }
-        if result.solutions:
-            record["nudge_status"] = status_counts(result.solutions.values())
+        if penalties:
+            record["penalty"] = host["penalty"]
+        if nudged:
+            record["nudge_status"] = nudge_counts
         record = self.dist.reduce_record(record)  # torchrun: the global batch's metrics
         if not apply:
             record.update(skipped=True, skip_reason="wall" if finite else "nonfinite")
@@ -280,6 +331,12 @@ class Trainer:
         if self.hooks.active:  # config-built tracking: decides itself when it is due
             record.update(self.hooks.track(self.model, field, sol.z.detach(), self.step))
         # ------------------------------------------------------------------------------
+        # 4. the stability controller decides the next step's penalty weight; applied here
+        if self.stability is not None:
+            decision = self.stability.decide(self.step, nfe["free"], field, sol.z.detach())
+            self.hooks.reg.weight = decision.weight
+            record.update(decision.metrics)
+            self.events.extend(decision.events)
         record["step_time"] = time.perf_counter() - t0
         return record
 
@@ -294,14 +351,19 @@ class Trainer:
         if not self.dist.is_main:
             return {}
         self.model.eval()
-        if isinstance(self.model, StandardLM):
-            out = evaluate_forward(self.model, self.corpus, self.cfg.eval,
-                                   seed=self.cfg.run.seed, device=self.device)
-        else:
-            out = evaluate(self.model, self.corpus, self.cfg.solver, self.cfg.eval,
-                           seed=self.cfg.run.seed, device=self.device)
+        with self.averaged():
+            if isinstance(self.model, StandardLM):
+                out = evaluate_forward(self.model, self.corpus, self.cfg.eval,
+                                       seed=self.cfg.run.seed, device=self.device)
+            else:
+                out = evaluate(self.model, self.corpus, self.cfg.solver, self.cfg.eval,
+                               seed=self.cfg.run.seed, device=self.device)
         self.val_last = out
         return out
+
+    def averaged(self) -> contextlib.AbstractContextManager:
+        """The parameters' moving average in the model (when ``optim.ema_decay`` is set)."""
+        return self.ema.swapped() if self.ema is not None else contextlib.nullcontext()
 
     def checkpoint(self) -> None:
         """Save a checkpoint now (refused, and logged, if a weight is non-finite)."""
@@ -316,12 +378,22 @@ class Trainer:
                             extra={"skipped": self.skipped, "elapsed": self.elapsed,
                                    "hooks": self.hooks.state_dict(),
                                    "guard": self.guard.state_dict(),
-                                   "data_sha256": self.data_sha256})
+                                   "data_sha256": self.data_sha256, **self._extra_state()})
             self.ckpt_step = self.step
         except CheckpointError as e:
             self.metrics.append({"step": self.step, "event": "checkpoint_refused",
                                  "detail": str(e)})
             self.say(f"warning: {e}")
+
+    def _extra_state(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.ema is not None:
+            if not self.ema.finite():
+                raise CheckpointError("the parameters' moving average is not finite")
+            out["ema"] = self.ema.state_dict()
+        if self.stability is not None:
+            out["stability"] = self.stability.state_dict()
+        return out
 
     def plot(self) -> None:
         """Redraw the PNG plots from ``metrics.jsonl``."""
@@ -342,9 +414,10 @@ class Trainer:
         self.model.eval()
         gen = torch.Generator().manual_seed(self.cfg.run.seed)
         prompt = "\n" if "\n" in self.corpus.vocab.chars else self.corpus.vocab.chars[0]
-        g = generate(self.model, self.corpus.vocab, prompt, n, solver=self.solver,
-                     tol=self.cfg.solver.tol, max_steps=self.cfg.solver.max_steps,
-                     temperature=0.8, generator=gen)
+        with self.averaged():
+            g = generate(self.model, self.corpus.vocab, prompt, n, solver=self.solver,
+                         tol=self.cfg.solver.tol, max_steps=self.cfg.solver.max_steps,
+                         temperature=0.8, generator=gen)
         cost = "one forward pass per char" if self.backprop else f"mean NFE/char {g.mean_nfe:.1f}"
         with (self.run_dir / SAMPLES_FILE).open("a", encoding="utf-8") as f:
             f.write(f"--- step {self.step}, temperature 0.8, prompt {prompt!r}, {cost}"
@@ -390,6 +463,8 @@ class Trainer:
                     record["time"] = self.elapsed
                     if do_eval or s % cfg.run.log_every == 0 or record.get("skipped"):
                         self.metrics.append(record)
+                    events += self.events
+                    self.events = []
                     for event in events:
                         self.metrics.append(event)
                         nonfinite_shown += event["event"] == "nonfinite"

@@ -1,0 +1,192 @@
+"""The training step at the study size: AsymEP, IFT, BPTT and a backprop transformer.
+
+    python benchmarks/study_step.py --config configs/study.toml \\
+        --out benchmarks/results/study_step_h200.md
+
+Every equilibrium row is the real ``Trainer.train_step`` of ``eqprop train --config``
+(its relaxation objects, CUDA graphs, one host transfer per step), run side by side
+in one process on one device, each from the same initial weights and batches. The
+standard row is the same-size pre-norm transformer (same blocks and parameter count)
+trained by backprop with the same fused AdamW. Reported per kind: the median step
+(after ``--warmup`` steps, which also record the CUDA graphs), NFE per phase, ms per
+F-equivalent evaluation, the ratio to the standard step, and ``wall / kernels``: the
+step's wall time over the summed time of its GPU kernels (profiled on an eager
+replica of the same step, since kernels inside replayed graphs are not profiled).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from eqprop.models.standard import StandardLM
+from eqprop.train.configio import config_from_dict, load_config_file
+from eqprop.train.loop import Trainer
+
+KINDS = ("asymep", "ift", "bptt", "standard", "asymep-eager")
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _kernel_ms(step, dev: torch.device) -> float:
+    """Summed device time of the kernels of one call of ``step`` (CPU: its ops' own time)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        step()
+        _sync(dev)
+    kind = DeviceType.CUDA if dev.type == "cuda" else DeviceType.CPU
+    return sum(e.self_device_time_total if kind == DeviceType.CUDA else e.self_cpu_time_total
+               for e in prof.key_averages() if e.device_type == kind) / 1e3
+
+
+def _eager(cfg):
+    """The config with every relaxation eager and a host check every step."""
+    return replace(cfg, solver=replace(cfg.solver, capture=False, check_every=1),
+                   estimator=replace(cfg.estimator, nudge=replace(cfg.estimator.nudge,
+                                                                   capture=False,
+                                                                   check_every=1)))
+
+
+def _off_path(tr: Trainer, batch) -> dict[str, float]:
+    """Wall time of the work kept off the per-step path: one validation, one checkpoint,
+    one stability measurement (ARPACK) of the training batch."""
+    dev = tr.device
+    out = {}
+    for name, fn in (("validate", tr.validate), ("checkpoint", tr.checkpoint)):
+        _sync(dev)
+        t0 = time.perf_counter()
+        fn()
+        _sync(dev)
+        out[name] = time.perf_counter() - t0
+    field = tr.model.field(*batch)
+    z = tr.free_relaxation().run(field, field.initial_state()).z
+    t0 = time.perf_counter()
+    tr.cfg.tracking.measure(tr.model, field, z)
+    _sync(dev)
+    out["tracking"] = time.perf_counter() - t0
+    return out
+
+
+def bench(cfg, kind: str, warmup: int, repeats: int) -> dict:
+    """One kind of step: median ms, NFE per phase, wall over kernels."""
+    est = {"standard": "asymep", "asymep-eager": "asymep"}.get(kind, kind)
+    c = replace(cfg, estimator=replace(cfg.estimator, name=est))
+    if kind == "asymep-eager":
+        c = _eager(c)
+    tr = Trainer(c)
+    dev = tr.device
+    B, T = c.data.batch_size, c.model.seq_len
+    gen = torch.Generator().manual_seed(c.run.seed)
+    batches = [tuple(t.to(dev) for t in tr.corpus.get_batch("train", B, T, gen))
+               for _ in range(warmup + repeats)]
+    if kind == "standard":
+        model = StandardLM(tr.cfg.model).to(dev)  # vocab_size set from the data
+        model.load_state_dict(tr.model.state_dict())
+        opt = torch.optim.AdamW(model.parameters(), lr=c.optim.lr, fused=dev.type == "cuda")
+
+        def step(tokens, targets):
+            model.loss(tokens, targets).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), c.optim.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            return {"nfe": {}}
+    else:
+        step = tr.train_step
+    times, recs = [], []
+    for i, (tokens, targets) in enumerate(batches):
+        _sync(dev)
+        t0 = time.perf_counter()
+        rec = step(tokens, targets)
+        _sync(dev)
+        if i >= warmup:
+            times.append(1e3 * (time.perf_counter() - t0))
+            recs.append(rec)
+    nfe = {k: statistics.mean(r["nfe"][k] for r in recs) for k in recs[0]["nfe"]}
+    # the kernels of one step, profiled on an eager replica (graphs are not profiled)
+    if kind != "standard":
+        tr_e = Trainer(_eager(c))
+        tr_e.model.load_state_dict(tr.model.state_dict())
+        tr_e.train_step(*batches[-1])
+        kern = _kernel_ms(lambda: tr_e.train_step(*batches[-1]), dev)
+    else:
+        kern = _kernel_ms(lambda: step(*batches[-1]), dev)
+    ms = statistics.median(times)
+    total = sum(nfe.values())
+    off = _off_path(tr, batches[-1]) if kind == "asymep" else {}
+    return {"off_path_s": off, "kind": kind, "median_ms": ms,
+            "p90_ms": sorted(times)[int(0.9 * len(times))],
+            "nfe": nfe, "nfe_total": total, "ms_per_f": ms / total if total else float("nan"),
+            "kernel_ms": kern, "wall_over_kernels": ms / kern if kern else float("nan"),
+            "train_ce": recs[-1].get("train_ce")}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", default="configs/study.toml")
+    p.add_argument("--out", required=True, help="markdown file (a .json beside it)")
+    p.add_argument("--kinds", default=",".join(KINDS))
+    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--repeats", type=int, default=50)
+    p.add_argument("--device", default="auto")
+    a = p.parse_args()
+    kinds = a.kinds.split(",")
+    if bad := [k for k in kinds if k not in KINDS]:
+        p.error(f"--kinds {','.join(bad)}: allowed values are {','.join(KINDS)}")
+    cfg = config_from_dict(load_config_file(a.config))
+    out = Path(a.out)
+    cfg = replace(cfg, run=replace(cfg.run, out_dir=str(out.parent / "runs"), name=None,
+                                   progress=False, device=a.device, sample_tokens=0),
+                  eval=replace(cfg.eval, every=0), tracking=replace(cfg.tracking, every=0))
+    rows = [bench(cfg, k, a.warmup, a.repeats) for k in kinds]
+    dev = torch.cuda.get_device_name() if torch.cuda.is_available() and a.device != "cpu" \
+        else "CPU"
+    std = next((r["median_ms"] for r in rows if r["kind"] == "standard"), None)
+    m = cfg.model
+    lines = [f"# Training step at the study size ({dev}, torch {torch.__version__})", "",
+             f"`python benchmarks/study_step.py --config {a.config} --out {a.out} "
+             f"--warmup {a.warmup} --repeats {a.repeats}`", "",
+             f"d_model {m.d_model}, {m.n_heads} heads, d_ff {m.d_ff}, {m.n_layers} layer(s), "
+             f"T {m.seq_len}, batch {cfg.data.batch_size}; free phase {cfg.solver.name} "
+             f"(tol {cfg.solver.tol}, check every {cfg.solver.check_every}, capture "
+             f"{cfg.solver.capture}); nudged phases {cfg.estimator.nudge.name} (β "
+             f"{cfg.estimator.beta}); steps {a.warmup + 1}–{a.warmup + a.repeats} of training "
+             "from the same seed. `asymep-eager`: the same step with every relaxation "
+             "eager and a host check every step (the loop before relaxations were "
+             "objects).", "",
+             "| step | median ms | p90 ms | × standard | NFE per phase | ms per F-eq | "
+             "kernels ms | wall / kernels |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ratio = f"{r['median_ms'] / std:.1f}" if std else "n/a"
+        nfe = ", ".join(f"{k} {v:.1f}" for k, v in r["nfe"].items()) or "—"
+        per_f = f"{r['ms_per_f']:.3f}" if r["nfe_total"] else "—"
+        lines.append(f"| {r['kind']} | {r['median_ms']:.1f} | {r['p90_ms']:.1f} | {ratio} | "
+                     f"{nfe} | {per_f} | {r['kernel_ms']:.1f} | "
+                     f"{r['wall_over_kernels']:.2f} |")
+    for r in rows:
+        if r["off_path_s"]:
+            o = r["off_path_s"]
+            lines += ["", f"Off the per-step path ({r['kind']} trainer, wall s per call): "
+                      f"validation {o['validate']:.2f} ({cfg.eval.batches} batches of "
+                      f"{cfg.eval.batch_size}, with the reference solve), checkpoint "
+                      f"{o['checkpoint']:.3f}, stability tracking {o['tracking']:.2f} "
+                      f"({cfg.tracking.samples} samples, ARPACK)."]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,225 @@
+"""Stability by construction (damping, normalised q/k), by control (the controller), and
+the parameters' moving average."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+from eqprop.diagnostics.spectrum import dense_jacobian, dense_spectrum
+from eqprop.errors import ConfigError
+from eqprop.gradients import IFT, AsymEP, HoloEP, estimate_grads, gradient_cosine
+from eqprop.models import ModelConfig
+from eqprop.regularizers import RegularizerConfig
+from eqprop.solvers import Anderson
+from eqprop.train import TrainConfig, train
+from eqprop.train.checkpoint import load_checkpoint
+from eqprop.train.ema import EMA
+from eqprop.train.metrics import read_metrics
+from eqprop.train.stability import StabilityConfig, StabilityController, leading_real_part
+
+from .conftest import tiny_problem
+from .helpers import LinearField, rotating_field
+from .test_train import TEXT, tiny, without_clock
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+# -- stability by construction ----------------------------------------------------------
+
+def test_damping_of_a_one_layer_prenorm_block_rescales_time_only():
+    """n reads LN(z), which is blind to the scale of z: with the leak 1 + γ the fixed point
+    of one layer is z*/(1 + γ) and the Jacobian (1 + γ) J. The spectrum scales, it does not
+    shift: the Hopf point stays where it is; only time (and Euler's ε_crit) is rescaled.
+    (In a stack the drive of layer l > 1 is z_(l-1), not x, and the identity breaks.)"""
+    gamma = 1.5
+    _, f0, z0 = tiny_problem("asym", B=2, n_layers=1)
+    _, f1, z1 = tiny_problem("asym", B=2, n_layers=1, damping=gamma)
+    # exact up to the layer norm's ε (1e-5 against a variance of ~1e-2 here)
+    torch.testing.assert_close(z1, z0 / (1 + gamma), atol=1e-4, rtol=1e-2)
+    J0, J1 = dense_jacobian(f0, z0), dense_jacobian(f1, z1)
+    torch.testing.assert_close(J1, (1 + gamma) * J0, atol=1e-3, rtol=1e-2)
+    torch.testing.assert_close(f1.loss(z1), f0.loss(z0), atol=1e-4, rtol=1e-4)
+    right0, right1 = (torch.linalg.eigvals(J).real.amax(-1) for J in (J0, J1))
+    torch.testing.assert_close(right1, (1 + gamma) * right0, atol=1e-3, rtol=1e-2)
+    assert ((right1 - (right0 - gamma)).abs() > 0.3).all()  # not the shift J - γI
+
+
+def test_damping_shifts_the_spectrum_of_a_field_without_normalisation():
+    """On a field whose n does not renormalise z, the leak is the documented shift J - γI."""
+    F = rotating_field(-0.1, 2.0, extra=(-1.0,))
+    z = F.z_fix.clone()
+    gamma = 0.7
+    A = F.A - gamma * torch.eye(F.A.shape[0], dtype=F.A.dtype)
+    mu0 = torch.linalg.eigvals(F.A)
+    mu1 = dense_spectrum(LinearField(A, F.z_fix), z)[0]
+    assert torch.allclose(torch.sort(mu1.real).values, torch.sort(mu0.real).values - gamma,
+                          atol=1e-10)
+
+
+@pytest.mark.parametrize("kw", [dict(qk_norm=True), dict(damping=1.0, qk_norm=True),
+                                dict(qk_norm=True, qk_scale=2.0)])
+def test_asymep_stays_exact_with_the_stabilisers(kw):
+    model, field, z = tiny_problem("asym", B=2, **kw)
+    ref, _ = estimate_grads(model, field, z, IFT(tol=1e-12, max_iter=2000))
+    est, _ = estimate_grads(model, field, z, AsymEP(beta=1e-4, solver=Anderson(eps=0.5),
+                                                    tol=1e-8, max_steps=2000))
+    cos, _ = gradient_cosine(est, ref)
+    assert cos > 0.9999
+
+
+def test_holoep_runs_through_normalised_queries_and_keys():
+    model, field, z = tiny_problem("asym", B=2, qk_norm=True)
+    ref, _ = estimate_grads(model, field, z, IFT(tol=1e-12, max_iter=2000))
+    est, _ = estimate_grads(model, field, z, HoloEP(r=0.05, N=4, solver=Anderson(eps=0.5),
+                                                    tol=1e-9, max_steps=2000))
+    cos, _ = gradient_cosine(est, ref)
+    assert cos > 0.999
+
+
+def test_qk_norm_bounds_the_logits():
+    from eqprop.models.attention import unit
+    q = 100 * torch.randn(2, 3, 5, 4, dtype=torch.float64)
+    k = 100 * torch.randn(2, 3, 5, 4, dtype=torch.float64)
+    assert float((unit(q) @ unit(k).transpose(-1, -2)).abs().max()) <= 1 + 1e-9
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(damping=-0.1), "model.damping=-0.1"),
+    (dict(qk_scale=2.0), "qk_norm is off"),
+    (dict(qk_norm=True, qk_scale=0.0), "model.qk_scale=0.0"),
+])
+def test_model_options_are_validated(kw, match):
+    with pytest.raises(ConfigError, match=match):
+        ModelConfig(**kw)
+
+
+# -- the leading-eigenvalue estimate ------------------------------------------------------
+
+@pytest.mark.parametrize("a, b", [(-0.1, 2.0), (0.05, 2.0), (-0.3, 0.0)])
+def test_leading_real_part_finds_the_planted_rightmost_mode(a, b):
+    """A rotating pair a ± ib among stiff real modes, with a full Krylov space: the rightmost
+    Ritz value is the planted eigenvalue (a power method would miss the complex pair)."""
+    F = rotating_field(a, b, extra=(-1.0, -3.0, -8.0))
+    mu, v = leading_real_part(F, F.z_fix.clone(), krylov=5)
+    assert torch.allclose(mu.real, torch.full_like(mu.real, a), atol=1e-8)
+    assert torch.allclose(mu.imag.abs(), torch.full_like(mu.real, b), atol=1e-8)
+    assert v.shape == F.z_fix.shape
+
+
+def test_leading_real_part_on_the_lm_agrees_with_dense_eigenvalues():
+    _, field, z = tiny_problem("asym", B=2, n_layers=1)
+    dense = dense_spectrum(field, z).real.amax(-1)  # (B,)
+    mu, _ = leading_real_part(field, z, krylov=40)
+    torch.testing.assert_close(mu.real, dense, atol=1e-4, rtol=0)
+
+
+# -- the controller -----------------------------------------------------------------------
+
+def _controller(**kw) -> StabilityController:
+    return StabilityController(StabilityConfig(enabled=True, **kw))
+
+
+def test_weight_follows_the_nfe_towards_its_target():
+    F = rotating_field(-1.0, 0.5)
+    c = _controller(target_nfe=20.0, gain=0.5, w_init=0.1, every=0)
+    up = c.decide(1, 40.0, F, F.z_fix).weight
+    assert up == pytest.approx(0.1 * math.exp(0.5 * math.log(2.0)))
+    down = c.decide(2, 10.0, F, F.z_fix).weight
+    assert down == pytest.approx(0.1)  # ×√2 then ×1/√2
+    for _ in range(200):
+        w = c.decide(3, 1.0, F, F.z_fix).weight
+    assert w == c.cfg.w_min
+
+
+def test_kick_when_the_leading_mode_crosses_the_margin():
+    stable, unstable = rotating_field(-0.5, 2.0), rotating_field(0.1, 2.0)
+    c = _controller(target_nfe=20.0, gain=0.0, w_init=0.1, every=1, samples=3, krylov=3,
+                    margin=0.05, kick=3.0)
+    d = c.decide(1, 20.0, stable, stable.z_fix)
+    assert d.weight == pytest.approx(0.1) and not d.events
+    assert d.metrics["stab_re"] == pytest.approx(-0.5, abs=1e-8)
+    d = c.decide(2, 20.0, unstable, unstable.z_fix)
+    assert d.weight == pytest.approx(0.3)
+    (event,) = d.events
+    assert event["event"] == "stability_kick" and event["re_mu"] == pytest.approx(0.1, abs=1e-8)
+    state = c.state_dict()
+    again = _controller(target_nfe=20.0, gain=0.0, w_init=0.1, every=1, samples=3, krylov=3)
+    again.load_state_dict(state, torch.device("cpu"))
+    assert again.weight == c.weight and torch.equal(again.v, c.v)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(w_init=20.0), "w_min ≤ w_init ≤ w_max"),
+    (dict(kick=0.5), "stability.kick=0.5"),
+    (dict(krylov=1), "stability.krylov=1"),
+])
+def test_stability_config_is_validated(kw, match):
+    with pytest.raises(ConfigError, match=match):
+        StabilityConfig(**kw)
+
+
+def test_controller_needs_a_fixed_weight_penalty():
+    with pytest.raises(ConfigError, match="stability.enabled=true"):
+        TrainConfig(stability=StabilityConfig(enabled=True))
+    with pytest.raises(ConfigError, match="stability.enabled=true"):
+        TrainConfig(stability=StabilityConfig(enabled=True),
+                    regularizer=RegularizerConfig(name="jacreg", adaptive=True))
+
+
+# -- the moving average ------------------------------------------------------------------
+
+def test_ema_update_and_swap():
+    lin = torch.nn.Linear(3, 2).double()
+    ema = EMA(lin, decay=0.9)
+    start = [p.detach().clone() for p in lin.parameters()]
+    with torch.no_grad():
+        for p in lin.parameters():
+            p.add_(1.0)
+    ema.update()
+    for s, p, t in zip(ema.shadow, lin.parameters(), start, strict=True):
+        torch.testing.assert_close(s, 0.9 * t + 0.1 * p.detach())
+    current = [p.detach().clone() for p in lin.parameters()]
+    with ema.swapped():
+        assert all(torch.equal(p, s) for p, s in zip(lin.parameters(), ema.shadow, strict=True))
+    assert all(torch.equal(p, c) for p, c in zip(lin.parameters(), current, strict=True))
+    with pytest.raises(ValueError, match="decay=1"):
+        EMA(lin, decay=1)
+
+
+def _recipe(text_file, out_dir):
+    cfg = tiny(text_file, out_dir, eval_every=3, track_every=1)
+    return replace(cfg, optim=replace(cfg.optim, ema_decay=0.5),
+                   regularizer=RegularizerConfig(name="jacreg", weight=0.1, samples=2),
+                   stability=StabilityConfig(enabled=True, every=2, samples=2, krylov=4,
+                                             target_nfe=5.0))
+
+
+def test_recipe_resumes_exactly_and_checkpoints_its_state(tmp_path):
+    text_file = tmp_path / "text.txt"
+    text_file.write_text(TEXT, encoding="utf-8")
+    text_file = str(text_file)
+    full = train(_recipe(text_file, tmp_path / "a"))
+
+    def interrupt(model, field, z_star, step):
+        if step == 5:
+            raise KeyboardInterrupt
+        return {}
+
+    cfg = _recipe(text_file, tmp_path / "b")
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, trackers=[interrupt])
+    (run_b,) = (tmp_path / "b").iterdir()
+    extra = load_checkpoint(run_b).state["extra"]
+    assert len(extra["ema"]["shadow"]) > 0 and "weight" in extra["stability"]
+    train(cfg, resume=run_b)
+    a = read_metrics(full.run_dir / "metrics.jsonl")
+    b = read_metrics(run_b / "metrics.jsonl")
+    assert without_clock(a) == without_clock(b)
+    assert any("stab_re" in r for r in a)
+    # the trainer applies each decision at the next step
+    steps = [r for r in a if "event" not in r]
+    assert [r["reg_weight"] for r in steps[1:]] == [r["stab_weight_next"] for r in steps[:-1]]
