@@ -141,3 +141,34 @@ def analytic_settling_time(F: LinearField, z0: Tensor, tol: float, t_max: float 
 
 __all__ = ["CountingField", "LinearField", "StiffNonlinearField", "analytic_settling_time",
            "eps_crit", "rotating_field", "rotation_block", "smooth_field"]
+
+
+class TanhField(Field):
+    """``F(z) = J tanh(z - c)``: no linear leak, ``‖F‖ ≤ ‖J‖ √n`` everywhere.
+
+    The fixed point is ``c`` (Jacobian ``J`` there, planted by :func:`planted_matrix`);
+    far from it ``F`` stays bounded, so ``‖F‖/‖z‖ → 0`` as ``‖z‖ → ∞`` although no
+    fixed point is near: the field on which a relative residual test alone reports
+    a run-away as converged.
+    """
+
+    def __init__(self, J: Tensor, c: Tensor):
+        self.J, self.c = J, c  # (n, n), (B, n): a tensor named c, no split
+
+    def __call__(self, z: Tensor) -> Tensor:
+        return torch.tanh(z - self.c) @ self.J.T
+
+
+def planted_matrix(modes: tuple[complex | float, ...], seed: int = 0) -> Tensor:
+    """A real matrix with the eigenvalues ``modes`` (a complex entry adds its conjugate),
+    mixed by a random orthogonal basis, float64."""
+    blocks = []
+    for mu in modes:
+        if isinstance(mu, complex) and mu.imag != 0:
+            blocks.append(rotation_block(mu.real, abs(mu.imag)))
+        else:
+            blocks.append(torch.tensor([[float(getattr(mu, "real", mu))]], dtype=torch.float64))
+    D = torch.block_diag(*blocks)
+    g = torch.Generator().manual_seed(seed)
+    Q, _ = torch.linalg.qr(torch.randn(D.shape[0], D.shape[0], generator=g, dtype=torch.float64))
+    return Q @ D @ Q.T

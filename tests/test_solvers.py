@@ -136,9 +136,11 @@ def test_per_sample_mask_freezes_converged_samples(name):
     F = rotating_field(A_, B_, B=3)
     z0 = start(F)
     z0[1] = F.z_fix[1]  # sample 1 starts at its equilibrium: converged before any step
-    sol = relax(F, z0, ALL_SOLVERS[name](), tol=1e-9, max_steps=3000)
+    solver = ALL_SOLVERS[name]()
+    sol = relax(F, z0, solver, tol=1e-9, max_steps=3000)
     assert torch.equal(sol.z[1], F.z_fix[1])  # it never moved
-    assert sol.steps[1] == 0 and sol.nfe[1] == 1  # only the initial evaluation
+    # only the initial evaluation, and a root finder's stability check (n = 3 Arnoldi steps)
+    assert sol.steps[1] == 0 and sol.nfe[1] == 1 + (0 if solver.follows_flow else 3)
     assert sol.steps[0] > 0 and sol.steps[2] > 0 and sol.converged.all()
 
 

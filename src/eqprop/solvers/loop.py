@@ -18,6 +18,7 @@ from torch import Tensor
 
 from ..fields import FieldFn
 from .base import Solver, SolverState, sample_norm
+from .criterion import Tolerance
 
 __all__ = ["Loop", "run_loop"]
 
@@ -50,8 +51,9 @@ class Loop:
             sorted(self.state.aux))
 
 
-def _measure(loop: Loop, tol: float, scale: Tensor | None) -> Loop:
-    """Residuals of the current state, written into the traces at ``t``; update ``active``."""
+def _measure(loop: Loop, tol: Tolerance, scale: Tensor | None) -> Loop:
+    """Residuals of the current state, written into the traces at ``t``; update ``active``
+    (a sample stops once it meets ``tol``, relative and absolute, or turns non-finite)."""
     r_abs = sample_norm(loop.state.f)  # (B,)
     denom = sample_norm(loop.state.z) if scale is None else scale  # (B,)
     # a zero state (or scale) has no relative size: judge its absolute residual
@@ -61,7 +63,8 @@ def _measure(loop: Loop, tol: float, scale: Tensor | None) -> Loop:
     loop.norms.index_copy_(1, col, torch.where(denom > 0, denom, 1.0)[:, None].to(r_abs.dtype))
     if loop.eps is not None and loop.state.eps is not None:
         loop.eps.index_copy_(1, col, loop.state.eps[:, None].to(loop.eps.dtype))
-    active = loop.active & (r_rel > tol) & torch.isfinite(r_rel)
+    met = tol.met(r_abs, r_rel, loop.res[:, 0], loop.norms[:, 0])  # column 0: the start
+    active = loop.active & ~met & torch.isfinite(r_rel)
     return replace(loop, active=active, r_abs=r_abs, r_rel=r_rel)
 
 

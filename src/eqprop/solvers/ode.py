@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -60,6 +61,8 @@ class ODE(Solver):
         max_steps_per_horizon: integrator steps allowed per horizon; beyond (or on a
             step-size underflow) the samples are marked non-finite.
     """
+
+    follows_flow: ClassVar[bool] = True
 
     method: str = "dopri5"
     rtol: float = 1e-6
@@ -174,6 +177,8 @@ def settling_time(F: FieldFn, z0: Tensor, ode: ODE | None = None, *,
 
 class _Recorder(Solver):
     """Passes steps through to an :class:`ODE` and remembers the last ``aux`` it produced."""
+
+    follows_flow: ClassVar[bool] = True
 
     def __init__(self, inner: ODE):
         self.inner = inner
