@@ -23,6 +23,7 @@ from .diagnostics import (
     track_stability,
 )
 from .fields import Field, Linearization, NudgedField
+from .split import SplitField
 from .gradients import (
     BPTT,
     EP,
@@ -92,6 +93,7 @@ __all__ = [
     "Solution",
     "Solver",
     "SolverState",
+    "SplitField",
     "Status",
     "estimate_grads",
     "gmres",
