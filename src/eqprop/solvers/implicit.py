@@ -41,9 +41,14 @@ class ImplicitEuler(Solver):
     per-sample, lives in ``state.eps`` and is chosen by the controller after each
     step; with ``max_newton = 1`` this is pseudo-transient continuation (Ψtc,
     Kelley & Keyes 1998): it follows the flow while the residual is large, where
-    plain Newton is lost, and turns into Newton as h grows near the equilibrium, so
-    it converges to the stable equilibria the flow reaches (never to a saddle
-    from a generic start). Without a controller, a sample whose inner solve does
+    plain Newton is lost, and turns into Newton as h grows near the equilibrium.
+    It does not always follow the flow: backward Euler contracts a mode μ by
+    ``|1/(1 - hμ)|``, which damps also an unstable mode (Re μ > 0) as soon as
+    ``h > 2 Re μ / |μ|²``. A saddle's real mode μ > 0 keeps growing for ``h < 2/μ``
+    (there ‖F‖ grows, SER shrinks h and Ψtc follows the flow away), but a spiral
+    source ``a ± ib`` with ``a ≪ |b|`` is damped already at h = 1, and Ψtc converges
+    to it. :func:`~eqprop.solvers.base.relax` then reports those samples ``unstable``
+    (tests/test_stability.py). Without a controller, a sample whose inner solve does
     not converge keeps ``w`` only if it lowered ‖F‖.
 
     NFE: per sample, one evaluation per Newton correction and one per JVP.
