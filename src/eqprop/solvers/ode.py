@@ -19,7 +19,7 @@ from ..errors import ConfigError
 from ..fields import FieldFn, evals_per_call
 from .base import Solution, Solver, SolverState, relax, sample_norm
 
-__all__ = ["ODE", "settling_time"]
+__all__ = ["ODE", "follow_flow", "settling_time"]
 
 #: torchdiffeq methods with error control that the reference accepts
 METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
@@ -195,10 +195,7 @@ def settling_time(F: FieldFn, z0: Tensor, ode: ODE | None = None, *,
         settle), and the :class:`~eqprop.solvers.base.Solution` of the run.
     """
     ode = ODE() if ode is None else ode
-    rec = _Recorder(ode)
-    sol = relax(F, z0, rec, tol=ode.tol, max_steps=max_steps)
-    t_settle = rec.aux["t_settle"]
-    gave_up = rec.aux["gave_up"] * ~sol.converged
+    t_settle, sol, gave_up = follow_flow(F, z0, ode, max_steps=max_steps)
     if bool((gave_up > 0).any()):
         n1, n2 = int((gave_up == 1).sum()), int((gave_up == 2).sum())
         why = [f"{n1} spent the budget of {ode.max_nfe} evaluations (ODE.max_nfe)"] if n1 else []
@@ -208,8 +205,33 @@ def settling_time(F: FieldFn, z0: Tensor, ode: ODE | None = None, *,
                       f"did not settle and the integration gave up: {'; '.join(why)}; the "
                       f"flow may have no stable fixed point from there", RuntimeWarning,
                       stacklevel=2)
+    return t_settle, sol
+
+
+def follow_flow(F: FieldFn, z0: Tensor, ode: ODE, *,
+                max_steps: int = 40) -> tuple[Tensor, Solution, Tensor]:
+    """Follow ``dz/dt = F(z)`` with the :class:`ODE` reference (the engine of
+    :func:`settling_time`, without its warning).
+
+    Args:
+        F: batched field.
+        z0: initial state ``(B, ...)``.
+        ode: the reference's settings (``ode.tol`` is the settling tolerance).
+        max_steps: horizons allowed.
+
+    Returns:
+        ``(t_settle, solution, gave_up)``: ``gave_up`` ``(B,)`` is 0 where the
+        integration ran to the end (settled, or blew up), 1 where it spent
+        ``ode.max_nfe`` and 2 where a horizon spent ``ode.max_steps_per_horizon``
+        before the sample settled.
+    """
+    rec = _Recorder(ode)
+    sol = relax(F, z0, rec, tol=ode.tol, max_steps=max_steps)
+    t_settle = rec.aux["t_settle"]
+    gave_up = rec.aux["gave_up"] * ~sol.converged
     # relax froze finished samples; a sample that ended unsettled reads inf
-    return torch.where(sol.converged, t_settle, torch.full_like(t_settle, math.inf)), sol
+    t_settle = torch.where(sol.converged, t_settle, torch.full_like(t_settle, math.inf))
+    return t_settle, sol, gave_up
 
 
 class _Recorder(Solver):
