@@ -230,3 +230,33 @@ def test_jacreg_needs_a_split_field():
     F, z0 = tanh_case(B=2)
     with pytest.raises(ConfigError, match="SplitField"):
         JacReg(weight=1.0).penalty(F, z0)
+
+
+# -- 7. settling_time gives up within a bounded number of evaluations -------------------
+
+
+class HopfCycle(Field):
+    """``F(z) = A d - ‖d‖² d``, ``d = z - c``, with a source 0.3 ± 2i at c: the flow
+    circles c on a limit cycle and never settles."""
+
+    def __init__(self):
+        self.A = planted_matrix((complex(0.3, 2.0), -1.0))
+        self.c = torch.full((2, 3), 2.0, dtype=torch.float64)
+
+    def __call__(self, z):
+        d = z - self.c
+        return d @ self.A.T - d * (d * d).sum(-1, keepdim=True)
+
+
+def test_settling_time_gives_up_within_its_budget_and_says_why():
+    from eqprop.solvers import ODE, settling_time
+
+    F = HopfCycle()
+    z0 = F.c + 0.1
+    ode = ODE(tol=1e-6, max_nfe=5000)
+    with pytest.warns(RuntimeWarning, match="did not settle.*ODE.max_nfe"):
+        t, sol = settling_time(F, z0, ode)
+    assert torch.isinf(t).all() and not sol.converged.any()
+    assert (sol.nfe <= ode.max_nfe + 13 + ode.grid + 1).all(), sol.nfe
+    with pytest.raises(ConfigError, match="max_nfe"):
+        ODE(max_nfe=0)

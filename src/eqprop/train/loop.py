@@ -42,6 +42,7 @@ from .metrics import format_progress, status_counts
 from .plots import plot_metrics
 from .rundir import METRICS_FILE, PLOTS_DIR, SAMPLES_FILE, SUMMARY_FILE, new_run_dir, open_run_dir
 from .schedule import lr_at
+from .update_filter import UpdateFilter
 from .summary import SUMMARY_WINDOW, TrainSummary
 
 __all__ = ["Penalty", "Tracker", "TrainSummary", "Trainer", "resolve_device", "train"]
@@ -96,6 +97,7 @@ class Trainer:
         self.solver = build_solver(cfg.solver)
         self.estimator = build_estimator(cfg.estimator, cfg.solver)
         self.guard = WallGuard(cfg.guard)
+        self.update_filter = UpdateFilter()
         if ck is not None:
             self.model = model_from_checkpoint(ck, cfg)
         self.model.to(self.device)
@@ -146,6 +148,7 @@ class Trainer:
         self.elapsed = float(extra.get("elapsed", 0.0))
         self.hooks.load_state_dict(extra.get("hooks", {}))
         self.guard.load_state_dict(extra.get("guard", {}), self)
+        self.update_filter.load_state_dict(extra.get("update_filter", {}))
 
     # -- one step ------------------------------------------------------------
     def train_step(self, tokens: Tensor, targets: Tensor) -> dict[str, Any]:
@@ -180,12 +183,17 @@ class Trainer:
                                     math.isfinite(record.get("penalty", 0.0)) and
                                     relaxations_finite(sol, *result.solutions.values()))
         # the guard judges the global batch: the same verdict on every rank
-        apply = finite and self.guard.allow_update(self.dist.sum_counts(sol.counts()))
+        # an estimate from failed relaxations, or an absurd norm: rejected on every rank
+        reason = self.update_filter.check(sol, result.solutions.values(), grad_norm)
+        sound = finite and self.dist.all_true(reason is None)
+        apply = sound and self.guard.allow_update(self.dist.sum_counts(sol.counts()))
+        if sound:
+            self.update_filter.accept(grad_norm)
         if apply:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             self.optimizer.step()
-        elif not finite:
+        elif not sound:
             self.skipped += 1
         else:
             self.guard.wall_skipped += 1
@@ -205,7 +213,10 @@ class Trainer:
             record["nudge_status"] = status_counts(result.solutions.values())
         record = self.dist.reduce_record(record)  # torchrun: the global batch's metrics
         if not apply:
-            record.update(skipped=True, skip_reason="wall" if finite else "nonfinite")
+            record.update(skipped=True, skip_reason="wall" if sound else
+                          "nonfinite" if not finite else "rejected")
+            if finite and not sound:
+                record["skip_detail"] = reason or "rejected on another rank"
         # ---- HOOK (diagnostics): trackers' floats merged into the record --------------
         if self.trackers and self.step % self.cfg.run.track_every == 0:
             for tracker in self.trackers:
@@ -238,7 +249,8 @@ class Trainer:
                             rng=rng,
                             extra={"skipped": self.skipped, "elapsed": self.elapsed,
                                    "hooks": self.hooks.state_dict(),
-                                   "guard": self.guard.state_dict()})
+                                   "guard": self.guard.state_dict(),
+                                   "update_filter": self.update_filter.state_dict()})
         except CheckpointError as e:
             self.metrics.append({"step": self.step, "event": "checkpoint_refused",
                                  "detail": str(e)})

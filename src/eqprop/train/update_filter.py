@@ -1,0 +1,109 @@
+"""Reject a finite update whose estimate cannot be trusted (DESIGN.md §2, §3).
+
+A gradient estimate is only as good as the equilibria it was taken at. Relaxations
+that diverged, landed on an unstable point or met NaN/Inf give a number, and often
+a finite one (holomorphic EP whose nudged relaxations diverge was measured to
+return a gradient of norm ~1e140); the optimiser must never see it. The filter
+looks at the free solution, the estimator's nudged solutions and the gradient norm,
+and answers None (apply) or the reason to reject. The trainer applies the verdict
+(skips the step and logs the reason), so a rejected update never reaches the
+weights or a checkpoint. Its short history of accepted norms is checkpointed.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import ConfigError
+from ..solvers.base import Solution
+from ..solvers.status import Status
+
+__all__ = ["UpdateFilter"]
+
+_LABELS = tuple(s.label for s in Status)
+
+
+@dataclass
+class UpdateFilter:
+    """Decides whether a training step's update may be applied.
+
+    Args:
+        reject: relaxation statuses that disqualify the estimate (labels of
+            :class:`~eqprop.solvers.Status`).
+        max_failed: largest fraction of a phase's samples allowed in those statuses
+            (0: any one rejects the update).
+        window: how many accepted gradient norms the history keeps.
+        max_ratio: reject a gradient norm above ``max_ratio`` times the median of the
+            history (> 1).
+        min_history: norms needed in the history before the ratio test applies.
+    """
+
+    reject: tuple[str, ...] = ("diverged", "unstable", "nonfinite")
+    max_failed: float = 0.0
+    window: int = 20
+    max_ratio: float = 1e3
+    min_history: int = 5
+    history: deque[float] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        bad = [s for s in self.reject if s not in _LABELS]
+        if bad or isinstance(self.reject, str):
+            raise ConfigError(f"UpdateFilter(reject={self.reject!r}): a tuple of status labels "
+                              f"from {', '.join(_LABELS)}")
+        if not (isinstance(self.max_failed, (int, float)) and 0 <= self.max_failed < 1):
+            raise ConfigError(f"UpdateFilter(max_failed={self.max_failed!r}): must lie in [0, 1)")
+        for name in ("window", "min_history"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"UpdateFilter({name}={v!r}): must be an integer ≥ 1")
+        if self.min_history > self.window:
+            raise ConfigError(f"UpdateFilter(min_history={self.min_history}) > window="
+                              f"{self.window}: the history could never fill")
+        if not (isinstance(self.max_ratio, (int, float)) and 1 < self.max_ratio):
+            raise ConfigError(f"UpdateFilter(max_ratio={self.max_ratio!r}): must be a number > 1")
+        self.history = deque(maxlen=self.window)
+
+    def check(self, free: Solution, nudged: Iterable[Solution], grad_norm: float) -> str | None:
+        """None when the update may be applied, else why not (one line).
+
+        Args:
+            free: the free-phase solution.
+            nudged: the estimator's nudged solutions (empty for IFT, BPTT).
+            grad_norm: the gradient's norm before clipping.
+        """
+        codes = [int(Status[s.upper()]) for s in self.reject]
+        phases = [("free", free)] + [(f"nudged #{i + 1}", s) for i, s in enumerate(nudged)]
+        for name, sol in phases:
+            bad = sum(int((sol.status == c).sum()) for c in codes)
+            B = sol.status.numel()
+            if B and bad / B > self.max_failed:
+                counts = {k: v for k, v in sol.counts().items() if k in self.reject and v}
+                shown = ", ".join(f"{k} {v}" for k, v in counts.items())
+                return f"{name} relaxation failed in {bad}/{B} samples ({shown})"
+        if not math.isfinite(grad_norm):
+            return f"gradient norm {grad_norm}"
+        if len(self.history) >= self.min_history:
+            median = statistics.median(self.history)
+            if grad_norm > self.max_ratio * median:
+                return (f"gradient norm {grad_norm:.3g} is {grad_norm / median:.3g}× the median "
+                        f"{median:.3g} of the last {len(self.history)} accepted steps "
+                        f"(max_ratio {self.max_ratio:g})")
+        return None
+
+    def accept(self, grad_norm: float) -> None:
+        """Record the norm of an update that was judged sound."""
+        if math.isfinite(grad_norm):
+            self.history.append(float(grad_norm))
+
+    def state_dict(self) -> dict[str, Any]:
+        """The history, as plain values (for checkpoints)."""
+        return {"history": list(self.history)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s history."""
+        self.history = deque((float(x) for x in state.get("history", [])), maxlen=self.window)
