@@ -32,9 +32,15 @@ _LABELS = tuple(s.label for s in Status)
 class UpdateFilter:
     """Decides whether a training step's update may be applied.
 
+    A free phase that cycles or diverges is the wall, and what to do about it is
+    the wall guard's policy (:mod:`~eqprop.train.guard`: ``warn`` keeps training to
+    measure it, ``skip`` rejects those updates); the filter rejects, with any policy,
+    the estimates no policy should let through.
+
     Args:
-        reject: relaxation statuses that disqualify the estimate (labels of
+        reject_free: free-phase statuses that disqualify the estimate (labels of
             :class:`~eqprop.solvers.Status`).
+        reject_nudged: statuses of the estimator's nudged relaxations that do.
         max_failed: largest fraction of a phase's samples allowed in those statuses
             (0: any one rejects the update).
         window: how many accepted gradient norms the history keeps.
@@ -43,7 +49,8 @@ class UpdateFilter:
         min_history: norms needed in the history before the ratio test applies.
     """
 
-    reject: tuple[str, ...] = ("diverged", "unstable", "nonfinite")
+    reject_free: tuple[str, ...] = ("unstable", "nonfinite")
+    reject_nudged: tuple[str, ...] = ("diverged", "unstable", "nonfinite")
     max_failed: float = 0.0
     window: int = 20
     max_ratio: float = 1e3
@@ -51,10 +58,12 @@ class UpdateFilter:
     history: deque[float] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        bad = [s for s in self.reject if s not in _LABELS]
-        if bad or isinstance(self.reject, str):
-            raise ConfigError(f"UpdateFilter(reject={self.reject!r}): a tuple of status labels "
-                              f"from {', '.join(_LABELS)}")
+        for name in ("reject_free", "reject_nudged"):
+            v = getattr(self, name)
+            if isinstance(v, str) or not isinstance(v, tuple) or any(s not in _LABELS
+                                                                      for s in v):
+                raise ConfigError(f"UpdateFilter({name}={v!r}): must be a tuple of status "
+                                  f"labels from {', '.join(_LABELS)}")
         if not (isinstance(self.max_failed, (int, float)) and 0 <= self.max_failed < 1):
             raise ConfigError(f"UpdateFilter(max_failed={self.max_failed!r}): must lie in [0, 1)")
         for name in ("window", "min_history"):
@@ -76,13 +85,13 @@ class UpdateFilter:
             nudged: the estimator's nudged solutions (empty for IFT, BPTT).
             grad_norm: the gradient's norm before clipping.
         """
-        codes = [int(Status[s.upper()]) for s in self.reject]
-        phases = [("free", free)] + [(f"nudged #{i + 1}", s) for i, s in enumerate(nudged)]
-        for name, sol in phases:
-            bad = sum(int((sol.status == c).sum()) for c in codes)
+        phases = [("free", free, self.reject_free)]
+        phases += [(f"nudged #{i + 1}", s, self.reject_nudged) for i, s in enumerate(nudged)]
+        for name, sol, reject in phases:
+            bad = sum(int((sol.status == int(Status[s.upper()])).sum()) for s in reject)
             B = sol.status.numel()
             if B and bad / B > self.max_failed:
-                counts = {k: v for k, v in sol.counts().items() if k in self.reject and v}
+                counts = {k: v for k, v in sol.counts().items() if k in reject and v}
                 shown = ", ".join(f"{k} {v}" for k, v in counts.items())
                 return f"{name} relaxation failed in {bad}/{B} samples ({shown})"
         if not math.isfinite(grad_norm):
