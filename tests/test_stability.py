@@ -260,3 +260,27 @@ def test_settling_time_gives_up_within_its_budget_and_says_why():
     assert (sol.nfe <= ode.max_nfe + 13 + ode.grid + 1).all(), sol.nfe
     with pytest.raises(ConfigError, match="max_nfe"):
         ODE(max_nfe=0)
+
+
+# -- reported wherever a result reaches a user ------------------------------------------
+
+
+def test_tracking_and_validation_report_stability(tmp_path):
+    from dataclasses import replace as dc_replace
+
+    from eqprop.diagnostics import dense_spectrum, track_stability
+    from eqprop.train import Trainer
+    from tests.conftest import tiny_problem
+    from tests.test_train import TEXT, tiny
+
+    model, field, z = tiny_problem("asym", B=2)
+    out = track_stability(model, field, z, samples=1)
+    ref = float(dense_spectrum(field, z).real.max())
+    assert out["stable_frac"] == 1.0 and out["max_re_est"] < 0
+    assert out["max_re_est"] == pytest.approx(ref, abs=0.1)  # 16 Arnoldi steps, n = 256
+    p = tmp_path / "text.txt"
+    p.write_text(TEXT, encoding="utf-8")
+    cfg = tiny(str(p), tmp_path / "runs")
+    trainer = Trainer(dc_replace(cfg, solver=dc_replace(cfg.solver, name="broyden")))
+    m = trainer.validate()
+    assert m["val_stable_frac"] == 1.0 and m["val_max_re"] < 0
