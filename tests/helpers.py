@@ -141,8 +141,9 @@ def analytic_settling_time(F: LinearField, z0: Tensor, tol: float, t_max: float 
     return torch.tensor(out, dtype=torch.float64)
 
 
-__all__ = ["CountingField", "LinearField", "TanhField", "planted_matrix", "StiffNonlinearField", "analytic_settling_time",
-           "eps_crit", "rotating_field", "rotation_block", "smooth_field"]
+__all__ = ["CountingField", "LinearField", "StiffNonlinearField", "TanhField",
+           "analytic_settling_time", "eps_crit", "planted_matrix", "rotating_field",
+           "rotation_block", "smooth_field"]
 
 
 class TanhField(Field):

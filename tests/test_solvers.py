@@ -206,7 +206,8 @@ def test_imex_solves_the_layer_coupled_implicit_equation():
     h = 0.7
     w = IMEX(h=h).step(F, IMEX(h=h).init(F, z0)).z
     n0 = F(z0) - F.conservative(z0)
-    assert torch.allclose(w, z0 + h * (F.conservative(w) + n0), atol=1e-10)  # c implicit, n explicit
+    # c implicit, n explicit
+    assert torch.allclose(w, z0 + h * (F.conservative(w) + n0), atol=1e-10)
     # the drive of the new state climbed the stack: it differs from the leak-only split
     leak_only = z0 + h / (1 + h) * F(z0)
     assert not torch.allclose(w[:, 1:], leak_only[:, 1:], atol=1e-6)

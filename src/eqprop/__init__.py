@@ -23,7 +23,6 @@ from .diagnostics import (
     track_stability,
 )
 from .fields import Field, Linearization, NudgedField
-from .split import SplitField
 from .gradients import (
     BPTT,
     EP,
@@ -73,6 +72,7 @@ from .solvers import (
     settling_time,
 )
 from .solvers.krylov import gmres
+from .split import SplitField
 
 __version__ = "0.1.0"
 

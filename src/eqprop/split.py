@@ -21,7 +21,7 @@ __all__ = ["SplitField", "require_split"]
 
 
 class SplitField(Field):
-    """A :class:`~eqprop.fields.Field` that declares ``F(z) = conservative(z) + nonconservative(z)``.
+    """A :class:`~eqprop.fields.Field` that declares ``F = conservative + nonconservative``.
 
     Subclasses define :meth:`__call__` (the fast ``F``), :meth:`conservative` and
     :meth:`nonconservative`; the two parts must add up to ``F``.

@@ -42,8 +42,8 @@ from .metrics import format_progress, status_counts
 from .plots import plot_metrics
 from .rundir import METRICS_FILE, PLOTS_DIR, SAMPLES_FILE, SUMMARY_FILE, new_run_dir, open_run_dir
 from .schedule import lr_at
-from .update_filter import UpdateFilter
 from .summary import SUMMARY_WINDOW, TrainSummary
+from .update_filter import UpdateFilter
 
 __all__ = ["Penalty", "Tracker", "TrainSummary", "Trainer", "resolve_device", "train"]
 
