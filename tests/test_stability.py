@@ -6,6 +6,7 @@ Independent references: planted spectra (dense ``torch.linalg.eigvals``), float6
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -191,6 +192,8 @@ def test_assess_stability_on_a_nudged_lm_field_and_complex_states():
     again = assess_stability(Fc, sol)
     assert torch.allclose(again.max_real, torch.full((2,), 0.05, dtype=torch.float64),
                           atol=1e-6)
+    broken = assess_stability(Fc, replace(sol, z=torch.full_like(sol.z, float("nan"))))
+    assert torch.isnan(broken.max_real).all() and not broken.stable.any()  # nothing measured
 
 
 # -- 4. the split is declared, never guessed from an attribute --------------------------

@@ -189,8 +189,9 @@ def check_relaxation(F: FieldFn, sol: Solution, solver: Solver | None, mode: str
     B = sol.z.shape[0]
     finite = torch.isfinite(_flat(sol.z)).all(1)
     mask = (sol.status == Status.CONVERGED) if mode == "auto" else finite
-    if not bool(mask.any()):
-        return sol
+    if not bool(mask.any()):  # nothing to measure (e.g. every sample non-finite)
+        nan = torch.full((B,), math.nan, dtype=torch.float64, device=sol.z.device)
+        return replace(sol, max_real=nan, stable=torch.zeros_like(mask))
     return _apply(F, sol, leading_real(F, sol.z, f), mask.reshape(B))
 
 
