@@ -174,6 +174,7 @@ class _Budgeted(Solver):
 
     def __init__(self, inner: Solver, counted: CountingField):
         self.inner, self.counted = inner, counted
+        self.follows_flow = inner.follows_flow  # relax's stability check: as the inner solver
 
     def init(self, F: FieldFn, z0: Tensor) -> SolverState:
         return self.inner.init(F, z0)
