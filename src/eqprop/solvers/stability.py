@@ -149,8 +149,9 @@ def _leading_real(F: FieldFn, z: Tensor, f: Tensor | None, m: int) -> StabilityE
     Hm = Hm + torch.diag_embed(torch.where(valid, 0.0, -C[:, None]).to(hdt))
     theta, Y = torch.linalg.eig(Hm)  # (B, m), (B, m, m) unit columns
     last = (k - 1).clamp_min(0)  # (B,) index of the last basis column
-    beta = H[torch.arange(B), last + 1, last].abs()  # (B,) coupling out of the Krylov space
-    resid = beta[:, None] * Y[torch.arange(B), last, :].abs()  # (B, m) Ritz residuals
+    rows = torch.arange(B, device=zf.device)
+    beta = H[rows, last + 1, last].abs()  # (B,) coupling out of the Krylov space
+    resid = beta[:, None] * Y[rows, last, :].abs()  # (B, m) Ritz residuals
     re = theta.real.to(torch.float64)
     margin = 10 * math.sqrt(ulp) * theta.abs().amax(1).clamp_min(1.0)  # (B,)
     unstable = ((re - resid).amax(1) > margin) & finite & (k > 0)
