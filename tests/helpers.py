@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from eqprop.fields import Field
+from eqprop.split import SplitField
 
 
 def rotation_block(a: float, b: float) -> Tensor:
@@ -18,12 +19,12 @@ def eps_crit(a: float, b: float) -> float:
     return -2 * a / (a * a + b * b)
 
 
-class LinearField(Field):
+class LinearField(SplitField):
     """``F(z) = A (z - z_fix)`` per sample, with the loss ``L(z) = ½‖C z - y‖²``.
 
     ``A`` ``(n, n)`` is shared by the batch; ``z`` is ``(B, n)``. The fixed point is
     ``z_fix`` and the Jacobian is ``A`` everywhere, so ε_crit, the equilibrium and
-    the adjoint ``A⁻ᵀ ∇L`` are known in closed form. ``c``/``n`` split ``A = -I + (A + I)``.
+    the adjoint ``A⁻ᵀ ∇L`` are known in closed form. The split is ``A = -I + (A + I)``.
     """
 
     def __init__(self, A: Tensor, z_fix: Tensor, C: Tensor | None = None,
@@ -36,10 +37,10 @@ class LinearField(Field):
     def __call__(self, z: Tensor) -> Tensor:
         return (z - self.z_fix) @ self.A.T
 
-    def c(self, z: Tensor) -> Tensor:
+    def conservative(self, z: Tensor) -> Tensor:
         return -(z - self.z_fix)
 
-    def n(self, z: Tensor) -> Tensor:
+    def nonconservative(self, z: Tensor) -> Tensor:
         return (z - self.z_fix) @ (self.A + torch.eye(self.A.shape[0], dtype=self.A.dtype)).T
 
     def loss(self, z: Tensor) -> Tensor:
@@ -62,7 +63,7 @@ def rotating_field(a: float, b: float, B: int = 3, extra: tuple[float, ...] = (-
     return LinearField(Q @ D @ Q.T, z_fix, y=y)
 
 
-class StiffNonlinearField(Field):
+class StiffNonlinearField(SplitField):
     """A nonlinear field with a rotating mode near its fixed point ``z_fix``:
 
     ``F(z) = A d - ‖d‖² d``, ``d = z - z_fix`` (cubic damping); its Jacobian at
@@ -81,8 +82,11 @@ class StiffNonlinearField(Field):
         d = z - self.z_fix
         return d @ self.A.T - d * (d * d).sum(-1, keepdim=True)
 
-    def c(self, z: Tensor) -> Tensor:
+    def conservative(self, z: Tensor) -> Tensor:
         return -(z - self.z_fix)
+
+    def nonconservative(self, z: Tensor) -> Tensor:
+        return self(z) - self.conservative(z)
 
 
 def smooth_field(B: int = 3, seed: int = 0) -> LinearField:
@@ -99,8 +103,6 @@ class CountingField(Field):
         self.field = field
         self.calls = 0
         self.jvps = 0
-        if hasattr(field, "c"):
-            self.c = field.c
 
     def __call__(self, z: Tensor) -> Tensor:
         self.calls += 1
@@ -139,5 +141,37 @@ def analytic_settling_time(F: LinearField, z0: Tensor, tol: float, t_max: float 
     return torch.tensor(out, dtype=torch.float64)
 
 
-__all__ = ["CountingField", "LinearField", "StiffNonlinearField", "analytic_settling_time",
-           "eps_crit", "rotating_field", "rotation_block", "smooth_field"]
+__all__ = ["CountingField", "LinearField", "StiffNonlinearField", "TanhField",
+           "analytic_settling_time", "eps_crit", "planted_matrix", "rotating_field",
+           "rotation_block", "smooth_field"]
+
+
+class TanhField(Field):
+    """``F(z) = J tanh(z - c)``: no linear leak, ``‖F‖ ≤ ‖J‖ √n`` everywhere.
+
+    The fixed point is ``c`` (Jacobian ``J`` there, planted by :func:`planted_matrix`);
+    far from it ``F`` stays bounded, so ``‖F‖/‖z‖ → 0`` as ``‖z‖ → ∞`` although no
+    fixed point is near: the field on which a relative residual test alone reports
+    a run-away as converged.
+    """
+
+    def __init__(self, J: Tensor, c: Tensor):
+        self.J, self.c = J, c  # (n, n), (B, n): a tensor named c, no split
+
+    def __call__(self, z: Tensor) -> Tensor:
+        return torch.tanh(z - self.c) @ self.J.T
+
+
+def planted_matrix(modes: tuple[complex | float, ...], seed: int = 0) -> Tensor:
+    """A real matrix with the eigenvalues ``modes`` (a complex entry adds its conjugate),
+    mixed by a random orthogonal basis, float64."""
+    blocks = []
+    for mu in modes:
+        if isinstance(mu, complex) and mu.imag != 0:
+            blocks.append(rotation_block(mu.real, abs(mu.imag)))
+        else:
+            blocks.append(torch.tensor([[float(getattr(mu, "real", mu))]], dtype=torch.float64))
+    D = torch.block_diag(*blocks)
+    g = torch.Generator().manual_seed(seed)
+    Q, _ = torch.linalg.qr(torch.randn(D.shape[0], D.shape[0], generator=g, dtype=torch.float64))
+    return Q @ D @ Q.T

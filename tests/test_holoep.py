@@ -49,7 +49,7 @@ def test_complex_forward_on_real_inputs_equals_real_forward(block):
     z = z_star + 0.3 * torch.randn(z_star.shape, generator=g, dtype=z_star.dtype)  # off z*
     zc = z.to(torch.complex128)
     with torch.no_grad():
-        for name in ("__call__", "n", "c", "logits", "loss", "grad_loss"):
+        for name in ("__call__", "nonconservative", "conservative", "logits", "loss", "grad_loss"):
             real, cplx = getattr(field, name)(z), getattr(field, name)(zc)
             assert cplx.is_complex(), name
             torch.testing.assert_close(cplx.real, real, rtol=0, atol=1e-12, msg=name)

@@ -90,10 +90,10 @@ def test_equilibrium_is_causal():
 def test_stack_is_one_field_driven_from_below():
     """c(z) = -z + drive: layer 1 is driven by x, layer 2 by z_1 (asym block)."""
     model, field, z = tiny_problem("asym", B=2)
-    c = field.c(z)
+    c = field.conservative(z)
     torch.testing.assert_close(c[:, 0], -z[:, 0] + field.x)
     torch.testing.assert_close(c[:, 1], -z[:, 1] + z[:, 0])
-    torch.testing.assert_close(field(z), field.c(z) + field.n(z))
+    torch.testing.assert_close(field(z), field.conservative(z) + field.nonconservative(z))
 
 
 def test_tied_readout_shares_the_embedding():

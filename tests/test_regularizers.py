@@ -48,7 +48,7 @@ def hutchinson_sd(M: torch.Tensor) -> float:
 @pytest.mark.parametrize("block", ["asym", "energy"])
 def test_jacreg_is_the_frobenius_norm_of_the_nonconservative_jacobian(block):
     model, many, z_many, field, z = replicated(block)
-    Jn = dense(field.n, z)  # (N, N)
+    Jn = dense(field.nonconservative, z)  # (N, N)
     N = Jn.shape[0]
     ref = Jn.pow(2).sum().item() / N
     sd = hutchinson_sd(Jn.T @ Jn) / N / math.sqrt(P)  # of the P-probe mean

@@ -60,8 +60,21 @@ def test_damping_shifts_the_spectrum_of_a_field_without_normalisation():
                           atol=1e-10)
 
 
+def test_a_soft_norm_lets_the_leak_shift_the_spectrum():
+    """With a large norm ε the block is no longer blind to the scale of z, and the leak
+    moves the rightmost eigenvalue left (where with ε 1e-5 it only scaled it)."""
+    right = {}
+    for gamma in (0.0, 1.0):
+        _, f, z = tiny_problem("asym", B=2, n_layers=1, norm_eps=10.0, damping=gamma)
+        right[gamma] = torch.linalg.eigvals(dense_jacobian(f, z)).real.amax(-1)
+    shift, rescale = right[0.0] - 1.0, 2.0 * right[0.0]  # J - γI against (1 + γ) J
+    assert ((right[1.0] - shift).abs() < 0.01).all()
+    assert ((right[1.0] - rescale).abs() > 0.05).all()
+
+
 @pytest.mark.parametrize("kw", [dict(qk_norm=True), dict(damping=1.0, qk_norm=True),
-                                dict(qk_norm=True, qk_scale=2.0)])
+                                dict(qk_norm=True, qk_scale=2.0),
+                                dict(damping=1.0, norm_eps=1.0)])
 def test_asymep_stays_exact_with_the_stabilisers(kw):
     model, field, z = tiny_problem("asym", B=2, **kw)
     ref, _ = estimate_grads(model, field, z, IFT(tol=1e-12, max_iter=2000))
@@ -91,6 +104,7 @@ def test_qk_norm_bounds_the_logits():
     (dict(damping=-0.1), "model.damping=-0.1"),
     (dict(qk_scale=2.0), "qk_norm is off"),
     (dict(qk_norm=True, qk_scale=0.0), "model.qk_scale=0.0"),
+    (dict(norm_eps=0.0), "model.norm_eps=0.0"),
 ])
 def test_model_options_are_validated(kw, match):
     with pytest.raises(ConfigError, match=match):

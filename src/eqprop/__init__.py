@@ -72,6 +72,7 @@ from .solvers import (
     settling_time,
 )
 from .solvers.krylov import gmres
+from .split import SplitField
 
 __version__ = "0.1.0"
 
@@ -92,6 +93,7 @@ __all__ = [
     "Solution",
     "Solver",
     "SolverState",
+    "SplitField",
     "StandardLM",
     "Status",
     "estimate_grads",

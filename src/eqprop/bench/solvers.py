@@ -23,6 +23,7 @@ from ..fields import Field, FieldFn
 from ..solvers.base import Solver, SolverState, relax, sample_norm
 from ..solvers.registry import SOLVERS, SolverConfig, build_solver
 from ..solvers.status import Status
+from ..split import SplitField
 
 __all__ = ["DEFAULT_SOLVERS", "CountingField", "SolverBenchConfig", "bench_solvers",
            "markdown_table", "stiff_field"]
@@ -133,8 +134,6 @@ class CountingField(Field):
         self.calls = 0
         self.first_hit: Tensor | None = None  # (B,) call index at which g ≤ tol first
         self.tol = 0.0
-        if hasattr(field, "c"):  # keep the split visible to IMEX
-            self.c = field.c
 
     def _count(self, z: Tensor, out: Tensor) -> Tensor:
         self.calls += 1
@@ -154,12 +153,28 @@ class CountingField(Field):
         return self._count(z, self.field.forward_for_jvp(z))
 
 
+class _CountingSplitField(CountingField, SplitField):
+    """A :class:`CountingField` around a :class:`~eqprop.split.SplitField` keeps its split."""
+
+    def conservative(self, z: Tensor) -> Tensor:
+        return self.field.conservative(z)
+
+    def nonconservative(self, z: Tensor) -> Tensor:
+        return self.field.nonconservative(z)
+
+
+def counting(field: Field, budget: int) -> CountingField:
+    """A :class:`CountingField` around ``field``, a split one when ``field`` declares a split."""
+    return (_CountingSplitField if isinstance(field, SplitField) else CountingField)(field, budget)
+
+
 class _Budgeted(Solver):
     """Stops a solver once its counted field has spent the budget: the samples still
     relaxing get a NaN residual, so that relax ends them (as non-finite)."""
 
     def __init__(self, inner: Solver, counted: CountingField):
         self.inner, self.counted = inner, counted
+        self.follows_flow = inner.follows_flow  # relax's stability check: as the inner solver
 
     def init(self, F: FieldFn, z0: Tensor) -> SolverState:
         return self.inner.init(F, z0)
@@ -186,15 +201,18 @@ def stiff_field(dim: int, b_max: float, B: int, seed: int, dtype: torch.dtype) -
     return _Linear(A, z_fix)
 
 
-class _Linear(Field):
+class _Linear(SplitField):
     def __init__(self, A: Tensor, z_fix: Tensor):
         self.A, self.z_fix = A, z_fix
 
     def __call__(self, z: Tensor) -> Tensor:
         return (z - self.z_fix) @ self.A.T
 
-    def c(self, z: Tensor) -> Tensor:  # the leak: IMEX treats it implicitly
+    def conservative(self, z: Tensor) -> Tensor:  # the leak: IMEX treats it implicitly
         return -(z - self.z_fix)
+
+    def nonconservative(self, z: Tensor) -> Tensor:
+        return self(z) - self.conservative(z)
 
 
 def _lm_case(cfg: SolverBenchConfig, dtype: torch.dtype,
@@ -234,7 +252,7 @@ def _run_ours(spec: str, F: Field, z0: Tensor, cfg: SolverBenchConfig) -> dict:
     name, controller, eps = parse_spec(spec)
     sc = SolverConfig(name=name, eps=cfg.eps if eps is None else eps, tol=cfg.tol,
                       **({"controller": controller} if controller else {}))
-    counted = CountingField(F, budget=cfg.max_nfe)
+    counted = counting(F, cfg.max_nfe)
     t = time.perf_counter()
     solver = _Budgeted(build_solver(sc), counted)
     sol = relax(counted, z0, solver, tol=cfg.tol, max_steps=cfg.max_nfe)
@@ -256,7 +274,7 @@ def _run_peer(kind: str, F: Field, z0: Tensor, cfg: SolverBenchConfig) -> dict:
         from torchdeq.solver import get_solver
     except ImportError:
         return {"solver": kind, "skipped": "torchdeq not installed (pip install 'eqprop[peers]')"}
-    counted = CountingField(F, budget=cfg.max_nfe)
+    counted = counting(F, cfg.max_nfe)
     counted.tol = cfg.tol
     counted.first_hit = torch.full((z0.shape[0],), -1, dtype=torch.long)
     eps = cfg.eps

@@ -147,7 +147,7 @@ def run(args: Args) -> int:
 
     # 1. the run's own relaxation, and why each failed sample failed
     sol = relax(field, field.initial_state(), build_solver(cfg.solver), tol=cfg.solver.tol,
-                max_steps=cfg.solver.max_steps, trace=True)
+                max_steps=cfg.solver.max_steps, trace=True, stability="always")
     report = classify_failures(field, sol, eps, start=field.initial_state())
     z_star = report.z_best  # the fixed point found (Newton–Krylov), not the orbit
     # 2. the spectrum there
@@ -160,7 +160,7 @@ def run(args: Args) -> int:
         mode = ec.mode[b]
         samples.append({
             "sample": b, "status": Status(int(sol.status[b])).label, "steps": int(sol.steps[b]),
-            "residual": float(sol.rel_residual[b]),
+            "residual": float(sol.rel_residual[b]), "stable": bool(sol.stable[b]),
             "eps_crit": float(ec.eig[b]),
             "eps_crit_bisect": float(ec.bisect[b]) if ec.bisect is not None else math.nan,
             "crit_a": float(mode.real), "crit_|b|": abs(float(mode.imag)),

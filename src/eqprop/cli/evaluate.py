@@ -106,6 +106,8 @@ def run(args: Args) -> int:
         f"residual max {m['eval_res_max']:.2e}, mean {m['eval_res_mean']:.2e}",
         f"reference   {_counts(m['ref_status'])} of {n}; mean NFE {m['ref_nfe']:.1f}, "
         f"residual max {m['ref_res_max']:.2e}",
+        f"stability   {m['eval_stable_frac']:.0%} of the training solver's z* continuous-stable "
+        f"(estimated max Re μ {m['eval_max_re']:+.3g}; see docs/solvers.md)",
     ]))
     return 0
 

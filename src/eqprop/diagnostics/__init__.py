@@ -1,7 +1,7 @@
 """Stability diagnostics: spectrum, ε_crit, stiffness, ε-sweeps, fidelity, failure kinds."""
 
 from .base import SampleJacobian, arnoldi, sort_eigs
-from .classify import ClassifySettings, Failure, FailureReport, classify_failures
+from .classify import ClassifySettings, Evidence, Failure, FailureReport, classify_failures
 from .eps_crit import EpsCrit, eps_crit, eps_crit_from_eigs, spectral_radius
 from .fidelity import FidelityResult, FidelityRow, default_estimators, gradient_fidelity
 from .fixed_point import BestPoint, NewtonSettings, best_fixed_point
@@ -15,6 +15,7 @@ __all__ = [
     "BestPoint",
     "ClassifySettings",
     "EpsCrit",
+    "Evidence",
     "Failure",
     "FailureReport",
     "FidelityResult",

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..gradients import IFT, Estimator, estimate_grads, gradient_cosine
 from ..models.lm import LMField
+from ..solvers.stability import leading_real
 from .base import check_method
 from .eps_crit import eps_crit
 
@@ -100,7 +101,10 @@ def track_stability(model: nn.Module, field: LMField, z_star: Tensor, *, k: int 
         ``crit_a`` / ``crit_b`` (the critical mode ``a + i|b|`` of the sample with the
         smallest ε_crit), ``crit_abs_b_mean``, ``damping`` (its ``-a/|μ|``),
         ``damping_mean``, ``max_re`` (largest Re μ over the samples),
-        ``unstable_frac`` (samples with some Re μ ≥ 0), ``stability_time_s``.
+        ``unstable_frac`` (samples with some Re μ ≥ 0), ``stable_frac`` and
+        ``max_re_est`` (the cheap per-sample check of
+        :mod:`~eqprop.solvers.stability` on the whole batch, not only the first
+        ``samples``), ``stability_time_s``.
     """
     t0 = time.perf_counter()
     sub, z = _subset(model, field, z_star, samples)
@@ -120,6 +124,9 @@ def track_stability(model: nn.Module, field: LMField, z_star: Tensor, *, k: int 
     }
     if r.bisect is not None:
         out["eps_crit_bisect_min"] = float(r.bisect.min())
+    est = leading_real(field, z_star.detach())  # every sample, batched: m evaluations of F
+    out["stable_frac"] = float((~est.unstable).double().mean())
+    out["max_re_est"] = float(torch.nan_to_num(est.max_real, nan=-float("inf")).max())
     out["stability_time_s"] = time.perf_counter() - t0
     return out
 

@@ -67,8 +67,12 @@ class EP(Estimator):
             raise ConfigError(f"{type(self).__name__}(tol={self.tol!r}): must be > 0")
         if not (isinstance(self.max_steps, int) and self.max_steps >= 1):
             raise ConfigError(f"{type(self).__name__}(max_steps={self.max_steps!r}): must be ≥ 1")
+        # no stability check of the nudged equilibria: their linearisation at z* has the
+        # free phase's spectrum (J for EP, Jᵀ for AsymEP), which the free phase checks; a
+        # nudged relaxation that fails reads diverged or cycling
         self.relaxation = Relaxation(self.solver, tol=self.tol, max_steps=self.max_steps,
-                                     check_every=self.check_every, capture=self.capture)
+                                     check_every=self.check_every, capture=self.capture,
+                                     stability="never")
 
     def _nudge(self, field: Field, z: Tensor, beta: float | Tensor, scale: Tensor,
                r_star: Tensor | None) -> Solution:

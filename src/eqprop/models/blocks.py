@@ -39,13 +39,14 @@ def _linear(d_in: int, d_out: int, scale: float, bias: bool = False) -> nn.Linea
 
 
 class _Norm(nn.Module):
-    def __init__(self, d: int):
+    def __init__(self, d: int, eps: float = 1e-5):
         super().__init__()
+        self.eps = eps
         self.weight = nn.Parameter(torch.ones(d))
         self.bias = nn.Parameter(torch.zeros(d))
 
     def forward(self, z: Tensor) -> Tensor:
-        return layer_norm(z, self.weight, self.bias)
+        return layer_norm(z, self.weight, self.bias, self.eps)
 
 
 class AsymBlock(nn.Module):
@@ -59,7 +60,7 @@ class AsymBlock(nn.Module):
         D, s = cfg.d_model, cfg.init_scale
         self.n_heads = cfg.n_heads
         self.qk_norm, self.logit_scale = cfg.qk_norm, cfg.logit_scale
-        self.norm = _Norm(D)
+        self.norm = _Norm(D, cfg.norm_eps)
         self.W_q, self.W_k = _linear(D, D, s), _linear(D, D, s)
         self.W_v, self.W_o = _linear(D, D, s), _linear(D, D, s)
         self.W_1 = _linear(D, cfg.d_ff, s, bias=True)

@@ -40,6 +40,11 @@ class ModelConfig:
             ``J_n`` (the softmax's derivative is bounded by its logits' spread).
         qk_scale: the logit bound of ``qk_norm`` (None: ``√d_head``, the spread of
             unnormalised logits at initialisation).
+        norm_eps: the ε of the layer norm inside the block, ``(z - μ)/√(var + ε)``. Its
+            derivative is bounded by ``1/√ε``: the default 1e-5 makes ``n`` blind to the
+            scale of ``z`` (then the damping only rescales time); ε ~ 1 bounds the
+            norm's gain by 1 where ``var(z) ≲ 1``, so that ``n`` is Lipschitz in ``z`` and the
+            leak's shift acts.
     """
 
     vocab_size: int = 65
@@ -55,6 +60,7 @@ class ModelConfig:
     damping: float = 0.0
     qk_norm: bool = False
     qk_scale: float | None = None
+    norm_eps: float = 1e-5
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "n_heads", "d_ff", "n_layers", "seq_len"):
@@ -73,6 +79,9 @@ class ModelConfig:
         if isinstance(self.damping, bool) or not (isinstance(self.damping, (int, float))
                                                   and 0 <= self.damping < float("inf")):
             raise ConfigError(f"model.damping={self.damping!r}: must be a finite number ≥ 0")
+        if isinstance(self.norm_eps, bool) or not (isinstance(self.norm_eps, (int, float))
+                                                   and 0 < self.norm_eps < float("inf")):
+            raise ConfigError(f"model.norm_eps={self.norm_eps!r}: must be a finite number > 0")
         if not isinstance(self.qk_norm, bool):
             raise ConfigError(f"model.qk_norm={self.qk_norm!r}: must be true or false")
         s = self.qk_scale

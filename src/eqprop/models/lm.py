@@ -19,7 +19,7 @@ from torch import Tensor
 from torch.func import grad as func_grad
 from torch.func import vjp as func_vjp
 
-from ..fields import Field
+from ..split import SplitField
 from .attention import masked_logsumexp
 from .blocks import AsymBlock, EnergyBlock, _Norm
 from .config import ModelConfig
@@ -105,7 +105,7 @@ class EquilibriumLM(nn.Module):
         return x.detach().unsqueeze(1).expand(B, self.cfg.n_layers, T, D).clone()
 
 
-class LMField(Field):
+class LMField(SplitField):
     """``F(z)`` of an :class:`EquilibriumLM` bound to tokens ``(B, T)`` and targets ``(B, T)``."""
 
     def __init__(self, model: EquilibriumLM, tokens: Tensor, targets: Tensor | None = None):
@@ -148,11 +148,11 @@ class LMField(Field):
         targets = None if self.targets is None else self.targets.repeat(n, 1)
         return LMField(self.model, self.tokens.repeat(n, 1), targets)
 
-    def c(self, z: Tensor) -> Tensor:
+    def conservative(self, z: Tensor) -> Tensor:
         """Conservative part ``-z + drive``."""
         return self.model.conservative(z, self.x)
 
-    def n(self, z: Tensor) -> Tensor:
+    def nonconservative(self, z: Tensor) -> Tensor:
         """Non-conservative part (attention + feed-forward), JVP-safe."""
         return self.model.nonconservative(z, explicit=True)
 

@@ -9,6 +9,7 @@ from torch import Tensor
 from torch.func import jvp as func_jvp
 
 from ..fields import Field
+from ..split import require_split
 from .base import Regularizer, _check_real, probes
 
 __all__ = ["JacReg"]
@@ -31,10 +32,7 @@ class JacReg(Regularizer):
     def penalty(self, field: Field, z_star: Tensor,
                 generator: torch.Generator | None = None) -> Tensor:
         z = _check_real(z_star, "JacReg")  # (B, ...)
-        n = getattr(field, "n", None)
-        if not callable(n):
-            raise TypeError(f"JacReg needs a field with a non-conservative part n(z); "
-                            f"{type(field).__name__} has none")
+        n = require_split(field, "JacReg").nonconservative
         total = z.new_zeros(())
         with torch.enable_grad():
             for _ in range(self.n_probes):

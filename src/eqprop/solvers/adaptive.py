@@ -37,6 +37,7 @@ class AdaptiveEuler(Solver):
     """
 
     capturable: ClassVar[bool] = True
+    follows_flow: ClassVar[bool] = True
 
     controller: Controller = field(default_factory=HeunPI)
     eps0: float = 0.1

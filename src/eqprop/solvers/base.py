@@ -67,6 +67,10 @@ class Solver(ABC):
     """
 
     capturable: ClassVar[bool] = False
+    #: the solver follows the flow (explicit Euler, adaptive Euler, the ODE reference):
+    #: a source or saddle repels it, so it never lands on one from a generic start and
+    #: ``relax(stability="auto")`` skips the stability check (see solvers/stability.py)
+    follows_flow: ClassVar[bool] = False
 
     def init(self, F: FieldFn, z0: Tensor) -> SolverState:
         """Evaluate ``F(z0)`` and set up the state (override to add ε or history)."""
@@ -95,6 +99,10 @@ class Solution:
         rel_residual: final ``g = ‖F(z)‖ / ‖z‖``.
         residual_trace: ``(B, steps+1)`` relative residuals when asked for.
         eps_trace: ``(B, steps+1)`` step sizes when asked for and the solver has one.
+        max_real: estimated leading ``Re μ`` of ``J`` at ``z`` where it was measured
+            (NaN elsewhere), or None (see :mod:`~eqprop.solvers.stability`).
+        stable: where measured, no eigenvalue was found with ``Re μ ≥ 0`` (False where
+            not measured), or None.
     """
 
     z: Tensor
@@ -105,6 +113,8 @@ class Solution:
     rel_residual: Tensor
     residual_trace: Tensor | None = None
     eps_trace: Tensor | None = None
+    max_real: Tensor | None = None
+    stable: Tensor | None = None
 
     @property
     def converged(self) -> Tensor:
@@ -128,14 +138,19 @@ class Solution:
 
 def relax(F: FieldFn, z0: Tensor, solver: Solver, *, tol: float = 1e-5, max_steps: int = 500,
           trace: bool = False, check_every: int = 1, scale: Tensor | None = None,
-          capture: bool = False) -> Solution:
+          capture: bool = False, atol: float | None = None,
+          stability: str = "auto") -> Solution:
     """Relax ``dz/dt = F(z)`` from ``z0`` to an equilibrium, every sample on its own: a
     one-off :class:`~eqprop.solvers.relaxation.Relaxation` (callers that relax many
     batches hold one, so that its CUDA graphs are recorded once).
 
     Runs without building an autograd graph. A sample stops moving once its
-    relative residual ``g = ‖F(z)‖/‖z‖ ≤ tol`` (or it turns non-finite) while the
-    others go on. Between two host checks the loop runs ``check_every`` steps
+    relative residual ``g = ‖F(z)‖/‖z‖ ≤ tol`` and its absolute residual
+    ``‖F(z)‖ ≤ atol`` (see :mod:`~eqprop.solvers.criterion`), or it turns non-finite,
+    while the others go on. Then a root finder's converged samples are checked for
+    continuous stability (:mod:`~eqprop.solvers.stability`): one that landed where
+    some ``Re μ ≥ 0`` (a source or saddle, which the hardware would leave) gets the
+    status ``unstable``. Between two host checks the loop runs ``check_every`` steps
     entirely on the device (masks by ``torch.where``, residuals written into a
     preallocated trace), so the result does not depend on ``check_every``; only the
     wall time does (a finished batch may idle up to ``check_every - 1`` steps).
@@ -153,6 +168,11 @@ def relax(F: FieldFn, z0: Tensor, solver: Solver, *, tol: float = 1e-5, max_step
         capture: on CUDA, record ``check_every`` steps once as a CUDA graph and replay
             it (no kernel-launch gaps); needs a solver with ``capturable = True`` and an
             ``F`` that never synchronises with the host. Ignored on CPU.
+        atol: absolute residual at which a sample counts as converged; None:
+            ``tol · (‖z0‖ + ‖F(z0)‖)`` per sample; ``inf``: no absolute test.
+        stability: ``"auto"`` checks the converged samples of solvers that do not
+            follow the flow (root finders, implicit steps, Anderson); ``"always"``
+            every finite sample of every solver; ``"never"`` skips the check.
 
     Returns:
         A :class:`Solution`.
@@ -161,4 +181,5 @@ def relax(F: FieldFn, z0: Tensor, solver: Solver, *, tol: float = 1e-5, max_step
 
     # one-off: a graph is recorded for this call and released after it (no reuse)
     return Relaxation(solver, tol=tol, max_steps=max_steps, check_every=check_every,
-                      capture=capture).run(F, z0, scale=scale, trace=trace, reuse=False)
+                      capture=capture, atol=atol, stability=stability).run(
+        F, z0, scale=scale, trace=trace, reuse=False)

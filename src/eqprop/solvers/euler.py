@@ -25,6 +25,7 @@ class Euler(Solver):
     """
 
     capturable: ClassVar[bool] = True
+    follows_flow: ClassVar[bool] = True
 
     eps: float = 0.5
 

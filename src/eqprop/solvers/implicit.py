@@ -9,6 +9,7 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from ..fields import FieldFn, jvp
+from ..split import SplitField
 from .base import Solver, SolverState, bcast, sample_norm
 from .controllers import Controller, StepInfo
 from .krylov import gmres
@@ -40,9 +41,14 @@ class ImplicitEuler(Solver):
     per-sample, lives in ``state.eps`` and is chosen by the controller after each
     step; with ``max_newton = 1`` this is pseudo-transient continuation (Ψtc,
     Kelley & Keyes 1998): it follows the flow while the residual is large, where
-    plain Newton is lost, and turns into Newton as h grows near the equilibrium, so
-    it converges to the stable equilibria the flow reaches (never to a saddle
-    from a generic start). Without a controller, a sample whose inner solve does
+    plain Newton is lost, and turns into Newton as h grows near the equilibrium.
+    It does not always follow the flow: backward Euler contracts a mode μ by
+    ``|1/(1 - hμ)|``, which damps also an unstable mode (Re μ > 0) as soon as
+    ``h > 2 Re μ / |μ|²``. A saddle's real mode μ > 0 keeps growing for ``h < 2/μ``
+    (there ‖F‖ grows, SER shrinks h and Ψtc follows the flow away), but a spiral
+    source ``a ± ib`` with ``a ≪ |b|`` is damped already at h = 1, and Ψtc converges
+    to it. :func:`~eqprop.solvers.base.relax` then reports those samples ``unstable``
+    (tests/test_stability.py). Without a controller, a sample whose inner solve does
     not converge keeps ``w`` only if it lowered ‖F‖.
 
     NFE: per sample, one evaluation per Newton correction and one per JVP.
@@ -138,7 +144,7 @@ class ImplicitEuler(Solver):
 class IMEX(Solver):
     """IMEX Euler: the linear conservative part implicit, the non-conservative part explicit.
 
-    For a field with the split ``F = c + n`` (methods ``c`` and ``n``, as
+    For a :class:`~eqprop.split.SplitField` ``F = c + n`` (as
     :class:`~eqprop.models.LMField`), ``c(z) = -z + d(z)`` is affine: the leak ``-z``
     plus the drive ``d`` (the input x for layer 1 and the state of the layer below
     for layer l > 1; for the energy block also the layer above). The step is
@@ -152,7 +158,8 @@ class IMEX(Solver):
     new state climbs the whole stack within one step; with symmetric couplings
     (energy block) it contracts by ``h ρ(∂d) / (1 + h) < 1``.
 
-    Split used for a field without ``c``/``n`` (e.g. a nudged field): the leak alone,
+    Split used for a field that is not a ``SplitField`` (e.g. a nudged field; an
+    attribute that happens to be called ``c`` is never taken for one): the leak alone,
     ``c(z) = -z``; the step is then exactly Euler with ``ε = h / (1 + h)`` (the same
     holds for a single layer, where d is constant), which is stable for every h on
     the leak but keeps Euler's ε_crit limit for the modes of n.
@@ -179,7 +186,7 @@ class IMEX(Solver):
 
     def step(self, F: FieldFn, state: SolverState) -> SolverState:
         z, f, h = state.z, state.f, self.h
-        c = getattr(F, "c", None)
+        c = F.conservative if isinstance(F, SplitField) else None
         if c is None:  # leak-only split: Euler with ε = h/(1+h)
             w = z + (h / (1 + h)) * f
         else:

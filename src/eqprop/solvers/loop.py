@@ -18,6 +18,7 @@ from torch import Tensor
 
 from ..fields import FieldFn
 from .base import Solver, SolverState, sample_norm
+from .criterion import Tolerance
 
 __all__ = ["Loop", "advance", "copy_into", "run_loop", "start"]
 
@@ -51,8 +52,9 @@ class Loop:
             sorted(self.state.aux))
 
 
-def _measure(loop: Loop, tol: float, scale: Tensor | None) -> Loop:
-    """Residuals of the current state, written into the traces at ``t``; update ``active``."""
+def _measure(loop: Loop, tol: Tolerance, scale: Tensor | None) -> Loop:
+    """Residuals of the current state, written into the traces at ``t``; update ``active``
+    (a sample stops once it meets ``tol``, relative and absolute, or turns non-finite)."""
     r_abs = sample_norm(loop.state.f)  # (B,)
     denom = sample_norm(loop.state.z) if scale is None else scale  # (B,)
     # a zero state (or scale) has no relative size: judge its absolute residual
@@ -62,11 +64,12 @@ def _measure(loop: Loop, tol: float, scale: Tensor | None) -> Loop:
     loop.norms.index_copy_(1, col, torch.where(denom > 0, denom, 1.0)[:, None].to(r_abs.dtype))
     if loop.eps is not None and loop.state.eps is not None:
         loop.eps.index_copy_(1, col, loop.state.eps[:, None].to(loop.eps.dtype))
-    active = loop.active & (r_rel > tol) & torch.isfinite(r_rel)
+    met = tol.met(r_abs, r_rel, loop.res[:, 0], loop.norms[:, 0])  # column 0: the start
+    active = loop.active & ~met & torch.isfinite(r_rel)
     return replace(loop, active=active, r_abs=r_abs, r_rel=r_rel)
 
 
-def start(F: FieldFn, z0: Tensor, solver: Solver, tol: float, max_steps: int,
+def start(F: FieldFn, z0: Tensor, solver: Solver, tol: Tolerance, max_steps: int,
           scale: Tensor | None, check_every: int) -> Loop:
     """The loop at ``t = 0``: the solver's initial state and its residuals."""
     state = solver.init(F, z0)
@@ -83,7 +86,7 @@ def start(F: FieldFn, z0: Tensor, solver: Solver, tol: float, max_steps: int,
     return _measure(loop, tol, scale)
 
 
-def advance(F: FieldFn, solver: Solver, loop: Loop, n: int, tol: float, max_steps: int,
+def advance(F: FieldFn, solver: Solver, loop: Loop, n: int, tol: Tolerance, max_steps: int,
             scale: Tensor | None) -> Loop:
     """``n`` masked steps: inactive samples, and every sample once ``t`` reaches
     ``max_steps``, keep their state, NFE and step count (so a chunk may overrun the
@@ -108,7 +111,7 @@ def copy_into(static: Loop, new: Loop) -> None:
 class _Graph:
     """``k`` steps recorded once as a CUDA graph; ``replay`` advances ``static`` in place."""
 
-    def __init__(self, F: FieldFn, solver: Solver, static: Loop, k: int, tol: float,
+    def __init__(self, F: FieldFn, solver: Solver, static: Loop, k: int, tol: Tolerance,
                  max_steps: int, scale: Tensor | None, stream: torch.cuda.Stream) -> None:
         self.static = static
         self.graph = torch.cuda.CUDAGraph()
@@ -133,7 +136,7 @@ class _Graph:
         torch.cuda.empty_cache()
 
 
-def run_loop(F: FieldFn, z0: Tensor, solver: Solver, *, tol: float, max_steps: int,
+def run_loop(F: FieldFn, z0: Tensor, solver: Solver, *, tol: Tolerance, max_steps: int,
              check_every: int, scale: Tensor | None, capture: bool) -> Loop:
     """Run the loop of ``relax`` to the end; the host checks every ``check_every`` steps.
 
@@ -158,7 +161,7 @@ def run_loop(F: FieldFn, z0: Tensor, solver: Solver, *, tol: float, max_steps: i
     return loop
 
 
-def _run(F: FieldFn, z0: Tensor, solver: Solver, tol: float, max_steps: int, check_every: int,
+def _run(F: FieldFn, z0: Tensor, solver: Solver, tol: Tolerance, max_steps: int, check_every: int,
          scale: Tensor | None, stream: torch.cuda.Stream | None) -> Loop:
     loop = start(F, z0, solver, tol, max_steps, scale, check_every)
     graph: _Graph | None = None

@@ -8,7 +8,9 @@ integrator (torchdiffeq), and reports when each sample settles.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, replace
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -17,7 +19,7 @@ from ..errors import ConfigError
 from ..fields import FieldFn, evals_per_call
 from .base import Solution, Solver, SolverState, relax, sample_norm
 
-__all__ = ["ODE", "settling_time"]
+__all__ = ["ODE", "follow_flow", "settling_time"]
 
 #: torchdiffeq methods with error control that the reference accepts
 METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
@@ -57,9 +59,17 @@ class ODE(Solver):
         growth: factor by which each horizon is longer than the last (≥ 1).
         grid: interior residual samples per horizon (each costs one evaluation of F).
         tol: relative residual that counts as settled (use relax's ``tol``).
-        max_steps_per_horizon: integrator steps allowed per horizon; beyond (or on a
-            step-size underflow) the samples are marked non-finite.
+        max_steps_per_horizon: integrator steps allowed per horizon.
+        max_nfe: evaluations of F allowed per sample over the whole relaxation. A flow
+            that does not settle (no stable fixed point; a blow-up that the horizon's
+            frozen tolerance makes ever more expensive to follow) would otherwise run
+            for hours. Once the budget (or a horizon's step allowance) is spent, the
+            samples still relaxing stop moving and are flagged in ``aux["gave_up"]``
+            (:func:`settling_time` warns and says why); a step-size underflow (a
+            blow-up in finite time) marks them non-finite.
     """
+
+    follows_flow: ClassVar[bool] = True
 
     method: str = "dopri5"
     rtol: float = 1e-6
@@ -69,6 +79,7 @@ class ODE(Solver):
     grid: int = 8
     tol: float = 1e-5
     max_steps_per_horizon: int = 100_000
+    max_nfe: int = 200_000
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -82,17 +93,19 @@ class ODE(Solver):
             raise ConfigError(f"ODE(growth={self.growth!r}): must be a number ≥ 1")
         if isinstance(self.grid, bool) or not isinstance(self.grid, int) or self.grid < 0:
             raise ConfigError(f"ODE(grid={self.grid!r}): must be an integer ≥ 0")
-        m = self.max_steps_per_horizon
-        if isinstance(m, bool) or not isinstance(m, int) or m < 1:
-            raise ConfigError(f"ODE(max_steps_per_horizon={m!r}): must be an integer ≥ 1")
+        for name in ("max_steps_per_horizon", "max_nfe"):
+            m = getattr(self, name)
+            if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+                raise ConfigError(f"ODE({name}={m!r}): must be an integer ≥ 1")
 
     def init(self, F: FieldFn, z0: Tensor) -> SolverState:
         state = super().init(F, z0)
         B, real = z0.shape[0], dict(dtype=z0.real.dtype, device=z0.device)
         g0 = self._g(state.f, z0)
         settled = torch.where(g0 <= self.tol, 0.0, math.inf).to(**real)
-        aux = {"t": torch.zeros(B, **real), "t_settle": settled,
-               "k": torch.zeros(B, dtype=torch.long, device=z0.device)}
+        zero = torch.zeros(B, dtype=torch.long, device=z0.device)
+        aux = {"t": torch.zeros(B, **real), "t_settle": settled, "k": zero,
+               "gave_up": zero.clone()}  # 1: evaluation budget spent, 2: a horizon's steps
         return replace(state, aux=aux)
 
     @staticmethod
@@ -114,22 +127,37 @@ class ODE(Solver):
         ts = torch.linspace(0.0, dt, self.grid + 2, dtype=aux["t"].dtype, device=z.device)
         # error control relative to the current speed, not to the state (see class doc)
         live = aux["k"] == k
+        # what is left of the evaluation budget: each integrator step costs ≤ 13 evaluations
+        # (dopri8), and the residual samples grid + 1 more
+        left = self.max_nfe - int(state.nfe[live].max()) - (self.grid + 1) * evals_per_call(F)
+        if left < 13 * evals_per_call(F) or bool((aux["gave_up"][live] > 0).any()):
+            gave_up = torch.where(live & (aux["gave_up"] == 0), 1, aux["gave_up"])
+            return replace(state, aux=dict(aux, gave_up=gave_up, k=aux["k"] + 1))
+        max_num_steps = max(1, min(self.max_steps_per_horizon, left // (13 * evals_per_call(F))))
         n = math.sqrt(z[0].numel())
         speed = sample_norm(state.f)[live].min() / n  # RMS of F, slowest live sample
         # below a few ulps of the state the error estimate is rounding noise
         floor = 8 * torch.finfo(z.dtype).eps * sample_norm(z)[live].max() / n
         atol = max(float(self.rtol * speed), float(floor), self.atol)
+        gave_up = aux["gave_up"]
         try:
             ys = odeint(rhs, z, ts, method=self.method, rtol=0.0, atol=atol,
-                        options={"max_num_steps": self.max_steps_per_horizon})
-        except AssertionError:  # step underflow or too many steps: the flow blew up
+                        options={"max_num_steps": max_num_steps})
+        except AssertionError as e:
+            if "max_num_steps" in str(e):  # budget spent: stop where the horizon started
+                nfe = state.nfe + calls[0] * evals_per_call(F)
+                gave_up = torch.where(live, 1 if max_num_steps < self.max_steps_per_horizon
+                                      else 2, gave_up)
+                return replace(state, nfe=nfe, aux=dict(aux, gave_up=gave_up, k=aux["k"] + 1))
+            # step-size underflow: the flow blew up in finite time
             ys = torch.full((len(ts),) + tuple(z.shape), float("nan"), dtype=z.dtype,
                             device=z.device)
             ys[0] = z
         fs = [state.f] + [F(y) for y in ys[1:]]  # residual samples along the horizon
         gs = torch.stack([self._g(fi, yi) for fi, yi in zip(fs, ys, strict=True)], 1)  # (B, grid+2)
         t_settle = torch.minimum(aux["t_settle"], aux["t"] + self._crossing(gs, ts))
-        new_aux = {"t": aux["t"] + dt, "t_settle": t_settle, "k": aux["k"] + 1}
+        new_aux = {"t": aux["t"] + dt, "t_settle": t_settle, "k": aux["k"] + 1,
+                   "gave_up": gave_up}
         nfe = state.nfe + (calls[0] + self.grid + 1) * evals_per_call(F)
         return SolverState(z=ys[-1], f=fs[-1], nfe=nfe, aux=new_aux)
 
@@ -152,7 +180,9 @@ def settling_time(F: FieldFn, z0: Tensor, ode: ODE | None = None, *,
 
     Runs :func:`~eqprop.solvers.base.relax` with the :class:`ODE` reference and
     ``tol = ode.tol`` and returns, per sample, the first time at which
-    ``‖F(z(t))‖/‖z(t)‖ ≤ ode.tol``.
+    ``‖F(z(t))‖/‖z(t)‖ ≤ ode.tol``. It gives up within ``ode.max_nfe`` evaluations per
+    sample (a flow with no stable fixed point never settles) and then warns with the
+    reason; those samples read inf.
 
     Args:
         F: batched field.
@@ -165,15 +195,49 @@ def settling_time(F: FieldFn, z0: Tensor, ode: ODE | None = None, *,
         settle), and the :class:`~eqprop.solvers.base.Solution` of the run.
     """
     ode = ODE() if ode is None else ode
+    t_settle, sol, gave_up = follow_flow(F, z0, ode, max_steps=max_steps)
+    if bool((gave_up > 0).any()):
+        n1, n2 = int((gave_up == 1).sum()), int((gave_up == 2).sum())
+        why = [f"{n1} spent the budget of {ode.max_nfe} evaluations (ODE.max_nfe)"] if n1 else []
+        why += [f"{n2} spent a horizon's {ode.max_steps_per_horizon} integrator steps "
+                "(ODE.max_steps_per_horizon)"] if n2 else []
+        warnings.warn(f"settling_time: {int((gave_up > 0).sum())} of {len(gave_up)} samples "
+                      f"did not settle and the integration gave up: {'; '.join(why)}; the "
+                      f"flow may have no stable fixed point from there", RuntimeWarning,
+                      stacklevel=2)
+    return t_settle, sol
+
+
+def follow_flow(F: FieldFn, z0: Tensor, ode: ODE, *,
+                max_steps: int = 40) -> tuple[Tensor, Solution, Tensor]:
+    """Follow ``dz/dt = F(z)`` with the :class:`ODE` reference (the engine of
+    :func:`settling_time`, without its warning).
+
+    Args:
+        F: batched field.
+        z0: initial state ``(B, ...)``.
+        ode: the reference's settings (``ode.tol`` is the settling tolerance).
+        max_steps: horizons allowed.
+
+    Returns:
+        ``(t_settle, solution, gave_up)``: ``gave_up`` ``(B,)`` is 0 where the
+        integration ran to the end (settled, or blew up), 1 where it spent
+        ``ode.max_nfe`` and 2 where a horizon spent ``ode.max_steps_per_horizon``
+        before the sample settled.
+    """
     rec = _Recorder(ode)
     sol = relax(F, z0, rec, tol=ode.tol, max_steps=max_steps)
     t_settle = rec.aux["t_settle"]
+    gave_up = rec.aux["gave_up"] * ~sol.converged
     # relax froze finished samples; a sample that ended unsettled reads inf
-    return torch.where(sol.converged, t_settle, torch.full_like(t_settle, math.inf)), sol
+    t_settle = torch.where(sol.converged, t_settle, torch.full_like(t_settle, math.inf))
+    return t_settle, sol, gave_up
 
 
 class _Recorder(Solver):
     """Passes steps through to an :class:`ODE` and remembers the last ``aux`` it produced."""
+
+    follows_flow: ClassVar[bool] = True
 
     def __init__(self, inner: ODE):
         self.inner = inner

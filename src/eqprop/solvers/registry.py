@@ -16,6 +16,7 @@ from .euler import Euler
 from .implicit import IMEX, ImplicitEuler
 from .newton_krylov import NewtonKrylov
 from .ode import ODE
+from .stability import MODES as STABILITY_MODES
 
 __all__ = ["CAPTURABLE", "SOLVERS", "SolverConfig", "build_solver"]
 
@@ -52,6 +53,10 @@ class SolverConfig:
             between run without a host synchronisation.
         capture: on CUDA, record ``check_every`` steps as one CUDA graph and replay it
             (euler, adaptive, anderson and broyden; ignored on CPU). See ``relax``.
+        stability: after the solve, check that converged samples sit at a
+            continuous-stable point (``eqprop.solvers.stability``): ``auto`` for solvers
+            that do not follow the flow (anderson, broyden, newton, implicit, ptc, imex),
+            ``always``, or ``never``. A sample on a source or saddle becomes ``unstable``.
     """
 
     name: str = "euler"
@@ -71,6 +76,7 @@ class SolverConfig:
     ode_rtol: float = 1e-6
     check_every: int = 1
     capture: bool = False
+    stability: str = "auto"
 
     def __post_init__(self) -> None:
         if self.name not in SOLVERS:
@@ -94,6 +100,9 @@ class SolverConfig:
         if isinstance(self.check_every, bool) or not isinstance(self.check_every, int) \
                 or self.check_every < 1:
             raise ConfigError(f"solver check_every={self.check_every!r}: must be an integer ≥ 1")
+        if self.stability not in STABILITY_MODES:
+            raise ConfigError(f"solver stability={self.stability!r}: allowed values are "
+                              f"{', '.join(STABILITY_MODES)}")
         if self.capture and self.name not in CAPTURABLE:
             raise ConfigError(f"solver capture=True with name={self.name!r}: CUDA-graph capture "
                               f"is available for {', '.join(CAPTURABLE)}")

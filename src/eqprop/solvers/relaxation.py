@@ -29,21 +29,23 @@ from torch import Tensor
 
 from ..fields import Field, FieldFn
 from .base import Solution, Solver
+from .criterion import Tolerance
 from .loop import Loop, advance, copy_into, run_loop, start
+from .stability import check_mode, check_relaxation
 from .status import classify
 
 __all__ = ["Relaxation", "to_solution"]
 
 
-def to_solution(loop: Loop, tol: float, trace: bool, clone: bool = False) -> Solution:
+def to_solution(loop: Loop, tol: Tolerance, trace: bool, clone: bool = False) -> Solution:
     """The :class:`Solution` of a finished loop (``clone``: copy out of static buffers)."""
     c = (lambda v: v.clone()) if clone else (lambda v: v)
     S = int(loop.steps.max()) + 1 if loop.steps.numel() else 1
     residuals = loop.res[:, :S]  # (B, S)
     B = loop.state.z.shape[0]
     finite = torch.isfinite(loop.r_rel) & torch.isfinite(loop.state.z.reshape(B, -1)).all(1)
-    status = classify(residuals, converged=loop.r_rel <= tol, finite=finite,
-                      norms=loop.norms[:, :S])
+    converged = tol.met(loop.r_abs, loop.r_rel, loop.res[:, 0], loop.norms[:, 0])
+    status = classify(residuals, converged=converged, finite=finite, norms=loop.norms[:, :S])
     return Solution(
         z=c(loop.state.z), status=status, steps=c(loop.steps), nfe=c(loop.state.nfe),
         residual=c(loop.r_abs), rel_residual=c(loop.r_rel),
@@ -74,14 +76,21 @@ def _layout(tensors: list[Tensor | None]) -> tuple:
 class Relaxation:
     """Relax ``dz/dt = F(z)`` to an equilibrium, every sample on its own (DESIGN §2).
 
-    A sample stops once its relative residual ``g = ‖F(z)‖/‖z‖ ≤ tol`` (or it turns
-    non-finite); the others go on. Between two host checks the loop runs
+    A sample stops once its relative residual ``g = ‖F(z)‖/‖z‖ ≤ tol`` and its absolute
+    residual ``‖F(z)‖ ≤ atol`` (:mod:`~eqprop.solvers.criterion`), or it turns
+    non-finite; the others go on. Between two host checks the loop runs
     ``check_every`` steps entirely on the device, so the result does not depend on
-    ``check_every``, only the wall time does.
+    ``check_every``, only the wall time does. Then the converged samples of a solver
+    that does not follow the flow are checked for continuous stability
+    (:mod:`~eqprop.solvers.stability`): one on a source or saddle becomes ``unstable``.
 
     Args:
         solver: the :class:`~eqprop.solvers.base.Solver` that steps.
         tol: relative residual at which a sample counts as converged (> 0).
+        atol: absolute residual at which a sample counts as converged; None:
+            ``tol · (‖z0‖ + ‖F(z0)‖)`` per sample; ``inf``: no absolute test.
+        stability: ``"auto"`` (the converged samples of solvers that do not follow the
+            flow), ``"always"`` (every finite sample) or ``"never"``.
         max_steps: step budget (≥ 0).
         check_every: look for "all done" on the host every k steps (≥ 1).
         capture: on CUDA, record the loop as CUDA graphs (see the module docstring);
@@ -95,14 +104,15 @@ class Relaxation:
     max_steps: int = 500
     check_every: int = 1
     capture: bool = False
+    atol: float | None = None
+    stability: str = "auto"
     _graphs: dict[tuple, _Replay] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.solver, Solver):
             raise TypeError(f"Relaxation(solver={self.solver!r}): expected a Solver")
-        if isinstance(self.tol, bool) or not (isinstance(self.tol, (int, float))
-                                               and self.tol > 0):
-            raise ValueError(f"tol={self.tol!r}: must be > 0")
+        self._tol = Tolerance(self.tol, self.atol)  # validates both
+        check_mode(self.stability)
         if isinstance(self.max_steps, bool) or not (isinstance(self.max_steps, int)
                                                      and self.max_steps >= 0):
             raise ValueError(f"max_steps={self.max_steps!r}: must be an integer ≥ 0")
@@ -132,10 +142,11 @@ class Relaxation:
             inputs = F.static_inputs() if isinstance(F, Field) else None
             if reuse and self.capture and z0.is_cuda and inputs is not None:
                 return self._replayed(F, inputs, z0, scale, trace)
-            loop = run_loop(F, z0, self.solver, tol=self.tol, max_steps=self.max_steps,
+            loop = run_loop(F, z0, self.solver, tol=self._tol, max_steps=self.max_steps,
                             check_every=self.check_every, scale=scale,
                             capture=self.capture and z0.is_cuda)
-            return to_solution(loop, self.tol, trace)
+            sol = to_solution(loop, self._tol, trace)
+            return check_relaxation(F, sol, self.solver, self.stability, f=loop.state.f)
 
     __call__ = run
 
@@ -161,9 +172,10 @@ class Relaxation:
             except RuntimeError as e:  # an F that synchronises with the host
                 warnings.warn(f"Relaxation: CUDA-graph capture failed, running eagerly "
                               f"({str(e).splitlines()[0]})", stacklevel=3)
-                loop = run_loop(F, z0, self.solver, tol=self.tol, max_steps=self.max_steps,
+                loop = run_loop(F, z0, self.solver, tol=self._tol, max_steps=self.max_steps,
                                 check_every=self.check_every, scale=scale, capture=False)
-                return to_solution(loop, self.tol, trace)
+                sol = to_solution(loop, self._tol, trace)
+                return check_relaxation(F, sol, self.solver, self.stability, f=loop.state.f)
             self._graphs[key] = r
         r.stream.wait_stream(caller)
         with torch.cuda.stream(r.stream):
@@ -177,7 +189,8 @@ class Relaxation:
             while t < self.max_steps and bool(r.loop.active.any()):
                 r.chunk.replay()
                 t += self.check_every
-            sol = to_solution(r.loop, self.tol, trace, clone=True)
+            sol = to_solution(r.loop, self._tol, trace, clone=True)
+            sol = check_relaxation(F, sol, self.solver, self.stability, f=r.loop.state.f)
         caller.wait_stream(r.stream)
         for v in _tensors(sol):
             v.record_stream(caller)
@@ -195,21 +208,22 @@ class Relaxation:
             scale_s = None if scale is None else scale.clone()
             # warm-up on the side stream (lazy initialisations must not happen in capture)
             F.refresh()
-            warm = start(F, z0_s, solver, self.tol, self.max_steps, scale_s, k)
-            advance(F, solver, warm, k, self.tol, self.max_steps, scale_s)
+            warm = start(F, z0_s, solver, self._tol, self.max_steps, scale_s, k)
+            advance(F, solver, warm, k, self._tol, self.max_steps, scale_s)
             del warm
             stream.synchronize()
             prologue = torch.cuda.CUDAGraph()
             prologue.capture_begin()
             try:
                 F.refresh()
-                loop = start(F, z0_s, solver, self.tol, self.max_steps, scale_s, k)
+                loop = start(F, z0_s, solver, self._tol, self.max_steps, scale_s, k)
             finally:
                 prologue.capture_end()
             chunk = torch.cuda.CUDAGraph()
             chunk.capture_begin()
             try:
-                copy_into(loop, advance(F, solver, loop, k, self.tol, self.max_steps, scale_s))
+                copy_into(loop, advance(F, solver, loop, k, self._tol, self.max_steps,
+                                        scale_s))
             finally:
                 chunk.capture_end()
         return _Replay(field=F, inputs=list(inputs), z0=z0_s, scale=scale_s, loop=loop,

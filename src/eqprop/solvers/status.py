@@ -18,6 +18,9 @@ class Status(IntEnum):
     CYCLING = 2  #: residual stalls without settling: a limit cycle of the simulation
     DIVERGED = 3  #: residual grows
     NONFINITE = 4  #: NaN or Inf met
+    #: the residual test was met at a fixed point that is not continuous-stable (some
+    #: Re μ ≥ 0: a source or saddle the hardware would leave); a failed relaxation
+    UNSTABLE = 5
 
     @property
     def label(self) -> str:
@@ -47,7 +50,8 @@ def classify(residuals: Tensor, converged: Tensor, finite: Tensor,
     The relative residual ``g = ‖F‖/‖z‖`` of a linear instability saturates at
     about ``‖J‖`` once ``z`` is dominated by the growing mode, so from ``g`` alone a
     blow-up that started far from ``z*`` looks like a stall. Pass ``norms`` (the
-    trace of the normaliser ``‖z‖``) and the growth tests run on ``‖F‖ = g·‖z‖``.
+    trace of the normaliser ``‖z‖``) and the growth tests run on ``‖F‖ = g·‖z‖``,
+    and a state that grew to ``BLOWUP`` times ``‖z0‖ + ‖F(z0)‖`` is diverged.
 
     Args:
         residuals: ``(B, S)`` relative residuals, one column per step (S ≥ 1).
@@ -56,8 +60,13 @@ def classify(residuals: Tensor, converged: Tensor, finite: Tensor,
         norms: optional ``(B, S)`` normalisers of the residuals (``‖z‖`` per step).
     """
     B, S = residuals.shape
+    runaway = torch.zeros(B, dtype=torch.bool, device=residuals.device)
     if norms is not None:
         residuals = residuals * norms
+        # the state ran away from the problem's size (‖z0‖ + ‖F(z0)‖): on a field whose F
+        # stays bounded (no leak) a run-away keeps ‖F‖ flat and would read as a stall
+        n = torch.nan_to_num(norms, nan=float("inf"))
+        runaway = n[:, -1] > BLOWUP * (n[:, 0] + torch.nan_to_num(residuals[:, 0]))
     r = torch.nan_to_num(residuals, nan=float("inf"))
     if S < 2:  # one residual (done or non-finite at the start): halves need two columns
         r = r.expand(B, 2)
@@ -66,7 +75,7 @@ def classify(residuals: Tensor, converged: Tensor, finite: Tensor,
     first, second = tail[:, : W // 2], tail[:, W // 2 :]
     contracting = second.amin(1) < PROGRESS * first.amin(1)
     growing = (second.amax(1) > GROWTH * first.amax(1)) & (r[:, -1] > r[:, 0])
-    blowup = r[:, -1] > BLOWUP * r[:, 0]
+    blowup = (r[:, -1] > BLOWUP * r[:, 0]) | runaway
     def code(s: Status) -> Tensor:
         return torch.full((B,), int(s), dtype=torch.long, device=r.device)
 

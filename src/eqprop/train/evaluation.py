@@ -40,7 +40,9 @@ def evaluate(model: EquilibriumLM, corpus: Corpus, solver: SolverConfig, cfg: Ev
     Returns:
         ``{prefix}_ce``, ``{prefix}_ce_ref``, ``{prefix}_ce_gap`` (mean |ΔCE| per
         sample), ``{prefix}_res_max``/``_res_mean``, ``{prefix}_nfe``,
-        ``{prefix}_status``; ``ref_res_max``, ``ref_nfe``, ``ref_status``.
+        ``{prefix}_status``, ``{prefix}_stable_frac`` (samples whose z* is estimated
+        continuous-stable), ``{prefix}_max_re`` (largest estimated leading Re μ);
+        ``ref_res_max``, ``ref_nfe``, ``ref_status``.
     """
     T = model.cfg.seq_len
     gen = torch.Generator().manual_seed(seed)
@@ -50,9 +52,10 @@ def evaluate(model: EquilibriumLM, corpus: Corpus, solver: SolverConfig, cfg: Ev
     for _ in range(cfg.batches):
         tokens, targets = corpus.get_batch(split, cfg.batch_size, T, gen)
         field = model.field(tokens.to(device), targets.to(device))
+        # every sample's stability measured, whatever the solver (solvers/stability.py)
         sol = relax(field, field.initial_state(), train_solver, tol=solver.tol,
                     max_steps=solver.max_steps, check_every=solver.check_every,
-                    capture=solver.capture)
+                    capture=solver.capture, stability="always")
         # warm start: the reference only has to finish the job (or undo a cycle)
         sol_ref = relax(field, sol.z, ref_solver, tol=ref.tol, max_steps=ref.max_steps,
                         check_every=ref.check_every, capture=ref.capture)
@@ -65,6 +68,8 @@ def evaluate(model: EquilibriumLM, corpus: Corpus, solver: SolverConfig, cfg: Ev
         sols.append(sol)
         ref_sols.append(sol_ref)
     ce_t, ce_ref_t = torch.cat(ce), torch.cat(ce_ref)
+    stable = torch.cat([s.stable for s in sols]).float()
+    max_re = torch.cat([s.max_real for s in sols])
     res_t, res_ref_t = torch.cat(res), torch.cat(res_ref)
     return {
         f"{prefix}_ce": float(ce_t.mean()),
@@ -74,6 +79,8 @@ def evaluate(model: EquilibriumLM, corpus: Corpus, solver: SolverConfig, cfg: Ev
         f"{prefix}_res_mean": float(res_t.mean()),
         f"{prefix}_nfe": float(torch.cat(nfe).mean()),
         f"{prefix}_status": status_counts(sols),
+        f"{prefix}_stable_frac": float(stable.mean()),
+        f"{prefix}_max_re": float(torch.nan_to_num(max_re, nan=-float("inf")).max()),
         "ref_res_max": float(res_ref_t.max()),
         "ref_nfe": float(torch.cat(nfe_ref).mean()),
         "ref_status": status_counts(ref_sols),

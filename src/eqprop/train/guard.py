@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # the loop imports this module
 __all__ = ["FAILED", "WallGuard", "nonfinite_detail", "relaxations_finite"]
 
 #: free-phase statuses that count as a failed relaxation
-FAILED = ("cycling", "diverged", "nonfinite")
+FAILED = ("cycling", "diverged", "nonfinite", "unstable")
 
 
 def relaxations_finite(*solutions: Solution) -> bool:
@@ -104,11 +104,15 @@ class WallGuard:
     def update(self, trainer: Trainer, record: dict[str, Any]) -> list[dict[str, Any]]:
         """Feed one step's record; trip, clear or act. Adds ``guard_fail`` (the window's
         mean) to the record and returns the events to log: a ``nonfinite`` event for an
-        update skipped for NaN/Inf (with any policy), then the guard's own."""
+        update skipped for NaN/Inf, a ``rejected`` one for an update that the update
+        filter rejected (with any policy), then the guard's own."""
         events = []
         if record.get("skip_reason") == "nonfinite":
             events.append({"step": record["step"], "event": "nonfinite",
                            "detail": nonfinite_detail(record)})
+        elif record.get("skip_reason") == "rejected":  # see train/update_filter.py
+            events.append({"step": record["step"], "event": "rejected",
+                           "detail": f"{record.get('skip_detail', 'rejected')}: update skipped"})
         return events + self._watch(trainer, record) if self.active else events
 
     def _watch(self, trainer: Trainer, record: dict[str, Any]) -> list[dict[str, Any]]:

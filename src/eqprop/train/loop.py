@@ -66,6 +66,7 @@ from .sanity import suspicious_settings
 from .schedule import lr_at
 from .stability import StabilityController
 from .summary import TrainSummary, summarize
+from .update_filter import UpdateFilter
 
 __all__ = ["Penalty", "Tracker", "TrainSummary", "Trainer", "resolve_device", "train"]
 
@@ -88,9 +89,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 def _to_host(scalars: dict[str, Tensor], free: Solution, nudged: list[Solution]
-             ) -> tuple[dict[str, float], dict[str, int], dict[str, int]]:
+             ) -> tuple[dict[str, float], dict[str, int], list[dict[str, int]]]:
     """Scalars and status counts of a step in one device-to-host transfer: ``(scalars,
-    free-phase counts, nudged-phase counts summed)``."""
+    free-phase counts, counts of each nudged phase)``."""
     n = len(Status)
     codes = [torch.bincount(free.status.flatten(), minlength=n)]
     codes += [torch.bincount(s.status.flatten(), minlength=n) for s in nudged]
@@ -98,9 +99,8 @@ def _to_host(scalars: dict[str, Tensor], free: Solution, nudged: list[Solution]
                         torch.stack(codes).flatten().float()]).tolist()
     host = dict(zip(scalars, packed[:len(scalars)], strict=True))
     rows = [packed[len(scalars) + k * n: len(scalars) + (k + 1) * n] for k in range(len(codes))]
-    counts = {s.label: int(rows[0][s]) for s in Status}
-    nudge = {s.label: int(sum(r[s] for r in rows[1:])) for s in Status}
-    return host, counts, nudge
+    counts = [{s.label: int(r[s]) for s in Status} for r in rows]
+    return host, counts[0], counts[1:]
 
 
 class Trainer:
@@ -154,6 +154,7 @@ class Trainer:
         self._free: Relaxation | None = None
         self.estimator = None if self.backprop else build_estimator(cfg.estimator, cfg.solver)
         self.guard = WallGuard(cfg.guard)
+        self.update_filter = UpdateFilter()
         self.stability = StabilityController(cfg.stability) if cfg.stability.enabled else None
         self.events: list[dict[str, Any]] = []  # decisions to log, taken by run()
         if ck is not None:
@@ -239,6 +240,7 @@ class Trainer:
         self.elapsed = float(extra.get("elapsed", 0.0))
         self.hooks.load_state_dict(extra.get("hooks", {}))
         self.guard.load_state_dict(extra.get("guard", {}), self)
+        self.update_filter.load_state_dict(extra.get("update_filter", {}))
         if self.ema is not None and "ema" in extra:
             self.ema.load_state_dict(extra["ema"])
         if self.stability is not None and "stability" in extra:
@@ -250,7 +252,8 @@ class Trainer:
         sc = self.cfg.solver
         if self._free is None or self._free.solver is not self.solver:
             self._free = Relaxation(self.solver, tol=sc.tol, max_steps=sc.max_steps,
-                                    check_every=sc.check_every, capture=sc.capture)
+                                    check_every=sc.check_every, capture=sc.capture,
+                                    stability=sc.stability)
         return self._free
 
     def train_step(self, tokens: Tensor, targets: Tensor) -> dict[str, Any]:
@@ -289,21 +292,27 @@ class Trainer:
         scalars.update({f"nfe.{k}": v.float().mean() for k, v in result.nfe.items()})
         if penalties:
             scalars["penalty"] = sum(p.detach() for p in penalties)
-        host, counts, nudge_counts = _to_host(scalars, sol, nudged)
+        host, counts, nudge_phases = _to_host(scalars, sol, nudged)
+        nudge_counts = {k: sum(c[k] for c in nudge_phases) for k in counts}
         loss, gn = host["loss"], host["grad_norm"]
         lr = lr_at(self.step, self.cfg.optim, self.cfg.schedule)
         finite = self.dist.all_true(
             math.isfinite(loss) and math.isfinite(gn) and math.isfinite(host.get("penalty", 0))
             and counts["nonfinite"] == 0 and nudge_counts.get("nonfinite", 0) == 0)
         # the guard judges the global batch: the same verdict on every rank
-        apply = finite and self.guard.allow_update(self.dist.sum_counts(counts))
+        # an estimate from failed relaxations, or an absurd norm: rejected on every rank
+        reason = self.update_filter.check(counts, nudge_phases, gn)
+        sound = finite and self.dist.all_true(reason is None)
+        apply = sound and self.guard.allow_update(self.dist.sum_counts(counts))
+        if sound:
+            self.update_filter.accept(gn)
         if apply:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             self.optimizer.step()
             if self.ema is not None:
                 self.ema.update()
-        elif not finite:
+        elif not sound:
             self.skipped += 1
         else:
             self.guard.wall_skipped += 1
@@ -323,7 +332,10 @@ class Trainer:
             record["nudge_status"] = nudge_counts
         record = self.dist.reduce_record(record)  # torchrun: the global batch's metrics
         if not apply:
-            record.update(skipped=True, skip_reason="wall" if finite else "nonfinite")
+            record.update(skipped=True, skip_reason="wall" if sound else
+                          "nonfinite" if not finite else "rejected")
+            if finite and not sound:
+                record["skip_detail"] = reason or "rejected on another rank"
         # ---- HOOK (diagnostics): trackers' floats merged into the record --------------
         if self.trackers and self.step % self.cfg.run.track_every == 0:
             for tracker in self.trackers:
@@ -378,6 +390,7 @@ class Trainer:
                             extra={"skipped": self.skipped, "elapsed": self.elapsed,
                                    "hooks": self.hooks.state_dict(),
                                    "guard": self.guard.state_dict(),
+                                   "update_filter": self.update_filter.state_dict(),
                                    "data_sha256": self.data_sha256, **self._extra_state()})
             self.ckpt_step = self.step
         except CheckpointError as e:

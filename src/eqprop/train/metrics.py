@@ -10,11 +10,14 @@ Record keys written by the trainer (a missing key means "not measured at this st
 - ``status``: free-phase ``{label: count}``; ``status_frac``: the same as fractions;
   ``nudge_status``: counts over the nudged phases.
 - ``skipped``: true when the update was skipped; ``skip_reason``: ``nonfinite`` (loss,
-  gradient or penalty NaN/Inf) or ``wall`` (the wall guard's ``skip`` policy).
+  gradient or penalty NaN/Inf), ``rejected`` (failed relaxations or an absurd gradient
+  norm, see :mod:`~eqprop.train.update_filter`; ``skip_detail`` says which) or ``wall``
+  (the wall guard's ``skip`` policy).
 - ``guard_fail``: the wall guard's failed fraction of free relaxations, averaged over
   its window (see :class:`~eqprop.train.config.GuardConfig`).
 - ``val_*`` / ``ref_*``: validation (see :func:`eqprop.train.evaluation.evaluate`).
-- ``event``: a record that reports an event: ``nonfinite`` (an update skipped),
+- ``event``: a record that reports an event: ``nonfinite`` or ``rejected`` (an update
+  skipped),
   ``checkpoint_refused``, ``wall`` (the wall guard tripped; ``action`` says what it did,
   ``changes`` which settings an escalation changed), ``wall_cleared``.
 """

@@ -24,7 +24,7 @@ __all__ = ["PLOTS", "nfe_phases", "plot_metrics"]
 PLOTS = ("ce.png", "residual.png", "nfe.png", "status.png")
 
 _STATUS_COLORS = {"converged": "tab:green", "contracting": "tab:blue", "cycling": "tab:orange",
-                  "diverged": "tab:red", "nonfinite": "black"}
+                  "diverged": "tab:red", "nonfinite": "black", "unstable": "tab:purple"}
 
 
 def _series(records: Sequence[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:

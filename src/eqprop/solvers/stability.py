@@ -1,0 +1,210 @@
+"""Is an equilibrium continuous-stable? A cheap per-sample check (DESIGN.md §2).
+
+A root finder (Newton–Krylov, Broyden, Anderson, implicit Euler with a large step,
+Ψtc, IMEX) converges to any zero of ``F``, also to a source or a saddle that the
+continuous dynamics — the hardware — would leave. After such a solve,
+:func:`check_relaxation` estimates the leading ``Re μ`` of ``J = ∂F/∂z (z*)`` for
+each sample and gives the samples that landed on an unstable point the status
+``unstable`` instead of ``converged``.
+
+The estimate is ``m`` steps of Arnoldi on ``J``, batched over the samples, with
+forward-difference products ``J v ≈ (F(z + δv) - F(z)) / δ``, ``δ = √ulp · max(1, ‖z‖)``
+(one evaluation of ``F`` per step, and ``F`` may be any batched callable: a
+nudged field, a complex state of holomorphic EP). The Ritz values ``θ_i`` (the
+eigenvalues of the ``m × m`` Hessenberg matrix) approximate the exterior of the
+spectrum first, where the rightmost eigenvalue lies. Each Ritz value comes with
+its residual ``r_i = ‖J y_i - θ_i y_i‖`` (from the last Arnoldi coefficient), and a
+sample is called unstable only when some ``Re θ_i - r_i`` exceeds a noise margin
+``10 √ulp · max(1, max|θ|)``: a Ritz value in the right half plane by more than its
+own error. For a state of ``n ≤ m`` unknowns Arnoldi spans the whole space and the
+Ritz values are the eigenvalues (up to the difference error). On a large ``J`` an
+eigenvalue that ``m`` steps do not resolve is missed: the full-accuracy reference
+is :func:`eqprop.diagnostics.spectrum` (ARPACK, ``which="LR"``). Cost and accuracy
+are in docs/solvers.md.
+
+Solvers that follow the flow (``Solver.follows_flow``: explicit and adaptive Euler,
+the ODE reference) are repelled by every mode with ``Re μ > 0``, so from a generic
+start they never settle on an unstable point; ``stability="auto"`` skips them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import torch
+from torch import Tensor
+
+from ..errors import ConfigError
+from ..fields import FieldFn, evals_per_call
+from .base import Solution, Solver, sample_norm
+from .status import Status
+
+__all__ = ["KRYLOV_DIM", "MODES", "StabilityEstimate", "assess_stability", "check_mode",
+           "check_relaxation", "leading_real"]
+
+#: when relax checks stability: root finders' converged samples, every sample, never
+MODES = ("auto", "always", "never")
+#: Arnoldi steps (evaluations of F) per check
+KRYLOV_DIM = 16
+
+
+def check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ConfigError(f"stability={mode!r}: allowed values are {', '.join(MODES)} (auto: "
+                          "root finders' converged samples; always: every sample; never)")
+
+
+class StabilityEstimate:
+    """Per-sample outcome of :func:`leading_real`, ``(B,)`` tensors on the state's device.
+
+    Attributes:
+        max_real: the largest ``Re θ`` of the Ritz values (float64; NaN where ``F`` was
+            not finite).
+        unstable: some Ritz value lies right of the imaginary axis by more than its
+            residual and the noise margin.
+        evals: evaluations of ``F`` spent per sample.
+    """
+
+    def __init__(self, max_real: Tensor, unstable: Tensor, evals: int):
+        self.max_real, self.unstable, self.evals = max_real, unstable, evals
+
+
+def _flat(v: Tensor) -> Tensor:  # (B, ...) -> (B, N)
+    return v.reshape(v.shape[0], -1)
+
+
+def leading_real(F: FieldFn, z: Tensor, f: Tensor | None = None, *,
+                 m: int = KRYLOV_DIM) -> StabilityEstimate:
+    """Estimate the leading ``Re μ`` of ``J = ∂F/∂z (z)`` per sample by ``m`` Arnoldi steps.
+
+    Args:
+        F: batched field (any callable; samples independent).
+        z: the point ``(B, ...)``, real or complex (for a complex state ``F`` must be
+            holomorphic, as holomorphic EP requires).
+        f: ``F(z)`` if known (saves one evaluation).
+        m: Krylov dimension (≥ 1; capped at the number of unknowns).
+
+    Returns:
+        A :class:`StabilityEstimate`.
+    """
+    if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+        raise ConfigError(f"leading_real(m={m!r}): must be an integer ≥ 1")
+    # differences at √ulp of the state's dtype need F in that dtype: under autocast they
+    # would measure bf16 rounding (Re θ ≈ +4 on a stable tiny LM), not J
+    if torch.is_autocast_enabled(z.device.type):
+        f = None  # evaluated under autocast: recompute it at full precision
+    with torch.no_grad(), torch.autocast(z.device.type, enabled=False):
+        return _leading_real(F, z, f, m)
+
+
+def _leading_real(F: FieldFn, z: Tensor, f: Tensor | None, m: int) -> StabilityEstimate:
+    shape, B = z.shape, z.shape[0]
+    zf = _flat(z)  # (B, N)
+    evals = 0
+    if f is None or f.dtype != z.dtype:
+        f, evals = F(z), 1
+    ff = _flat(f)  # (B, N)
+    N = zf.shape[1]
+    m = min(m, N)
+    rdt = zf.real.dtype
+    ulp = torch.finfo(rdt).eps
+    tiny = torch.finfo(rdt).tiny
+    delta = math.sqrt(ulp) * sample_norm(zf).clamp_min(1.0)  # (B,)
+    gen = torch.Generator().manual_seed(0)  # the same probe every time: reproducible
+    v = torch.randn(B, N, generator=gen, dtype=rdt)
+    if zf.is_complex():
+        v = torch.complex(v, torch.randn(B, N, generator=gen, dtype=rdt))
+    v = v.to(zf.device, zf.dtype)
+    v = v / sample_norm(v)[:, None]
+    hdt = torch.complex128 if zf.is_complex() else torch.float64
+    H = torch.zeros(B, m + 1, m, dtype=hdt, device=zf.device)  # Hessenberg
+    V = [v]
+    alive = torch.ones(B, dtype=torch.bool, device=zf.device)
+    k = torch.zeros(B, dtype=torch.long, device=zf.device)  # valid columns per sample
+    for j in range(m):
+        w = (_flat(F((zf + delta[:, None] * V[j]).reshape(shape))) - ff) / delta[:, None]
+        evals += 1
+        w = torch.where(alive[:, None], w, torch.zeros_like(w))
+        w0 = sample_norm(w)
+        for _ in range(2):  # modified Gram–Schmidt, twice (the basis stays orthogonal)
+            for i in range(j + 1):
+                h = (V[i].conj() * w).sum(1)  # (B,)
+                H[:, i, j] += h.to(hdt)
+                w = w - h[:, None] * V[i]
+        hn = sample_norm(w)
+        H[:, j + 1, j] = hn.to(hdt)
+        k = k + alive
+        # an invariant subspace (n ≤ m, or an exact one) ends the sample's basis
+        alive = alive & torch.isfinite(hn) & (hn > math.sqrt(ulp) * w0.clamp_min(tiny))
+        V.append(torch.where(alive[:, None], w / hn.clamp_min(tiny)[:, None],
+                             torch.zeros_like(w)))
+    finite = torch.isfinite(H.abs().sum((1, 2)))  # (B,)
+    H = torch.where(finite[:, None, None], H, torch.zeros_like(H))
+    idx = torch.arange(m, device=zf.device)
+    valid = idx[None, :] < k[:, None]  # (B, m)
+    Hm = torch.where(valid[:, :, None] & valid[:, None, :], H[:, :m, :], torch.zeros_like(H[:, :m]))
+    # columns past a sample's basis: a block -C on the diagonal (never the leading value)
+    C = 1.0 + 2.0 * Hm.abs().amax((1, 2))  # (B,)
+    Hm = Hm + torch.diag_embed(torch.where(valid, 0.0, -C[:, None]).to(hdt))
+    theta, Y = torch.linalg.eig(Hm)  # (B, m), (B, m, m) unit columns
+    last = (k - 1).clamp_min(0)  # (B,) index of the last basis column
+    rows = torch.arange(B, device=zf.device)
+    beta = H[rows, last + 1, last].abs()  # (B,) coupling out of the Krylov space
+    resid = beta[:, None] * Y[rows, last, :].abs()  # (B, m) Ritz residuals
+    re = theta.real.to(torch.float64)
+    margin = 10 * math.sqrt(ulp) * theta.abs().amax(1).clamp_min(1.0)  # (B,)
+    unstable = ((re - resid).amax(1) > margin) & finite & (k > 0)
+    max_real = torch.where(finite & (k > 0), re.amax(1), torch.full_like(margin, math.nan))
+    return StabilityEstimate(max_real, unstable, evals)
+
+
+def _apply(F: FieldFn, sol: Solution, est: StabilityEstimate, mask: Tensor) -> Solution:
+    nan = torch.full_like(est.max_real, math.nan)
+    unstable = mask & est.unstable
+    status = torch.where(unstable & (sol.status == Status.CONVERGED),
+                         torch.full_like(sol.status, int(Status.UNSTABLE)), sol.status)
+    nfe = sol.nfe + mask.to(sol.nfe.dtype) * est.evals * evals_per_call(F)
+    return replace(sol, status=status, nfe=nfe, max_real=torch.where(mask, est.max_real, nan),
+                   stable=mask & ~est.unstable & torch.isfinite(est.max_real))
+
+
+def check_relaxation(F: FieldFn, sol: Solution, solver: Solver | None, mode: str = "auto",
+                     f: Tensor | None = None) -> Solution:
+    """The stability check of :func:`~eqprop.solvers.base.relax` (see the module docstring).
+
+    Args:
+        F: the field that was relaxed.
+        sol: the relaxation's solution.
+        solver: the solver that produced it (``follows_flow`` decides ``"auto"``).
+        mode: one of ``MODES``.
+        f: ``F(sol.z)`` if known.
+
+    Returns:
+        ``sol`` with ``max_real`` and ``stable`` filled where measured, converged samples
+        on an unstable point marked ``unstable``, and the evaluations charged to ``nfe``.
+    """
+    check_mode(mode)
+    if mode == "never" or (mode == "auto" and solver is not None and solver.follows_flow):
+        return sol
+    B = sol.z.shape[0]
+    finite = torch.isfinite(_flat(sol.z)).all(1)
+    mask = (sol.status == Status.CONVERGED) if mode == "auto" else finite
+    if not bool(mask.any()):  # nothing to measure (e.g. every sample non-finite)
+        nan = torch.full((B,), math.nan, dtype=torch.float64, device=sol.z.device)
+        return replace(sol, max_real=nan, stable=torch.zeros_like(mask))
+    return _apply(F, sol, leading_real(F, sol.z, f), mask.reshape(B))
+
+
+def assess_stability(F: FieldFn, sol: Solution) -> Solution:
+    """Measure the stability of every finite sample of ``sol`` (on request: eval, diagnose,
+    tracking). A converged sample on an unstable point becomes ``unstable``.
+
+    Args:
+        F: the field that was relaxed.
+        sol: a :class:`~eqprop.solvers.base.Solution`.
+
+    Returns:
+        The solution with ``max_real`` and ``stable`` filled.
+    """
+    return check_relaxation(F, sol, None, "always")
