@@ -70,8 +70,10 @@ from .update_filter import UpdateFilter
 
 __all__ = ["Penalty", "Tracker", "TrainSummary", "Trainer", "resolve_device", "train"]
 
-#: non-finite (skipped) steps announced one by one on stderr; later ones are only counted
+#: skipped steps announced one by one on stderr; later ones are only counted
 NONFINITE_SHOWN = 3
+#: the events of a skipped update (non-finite values; the update filter's rejection)
+SKIP_EVENTS = ("nonfinite", "rejected")
 #: ``penalty(field, z_star, sol) -> scalar`` added to the surrogate (e.g. jacreg)
 Penalty = Callable[[LMField, Tensor, Solution], Tensor]
 #: ``tracker(model, field, z_star, step) -> {name: float}`` merged into the metrics record
@@ -480,11 +482,12 @@ class Trainer:
                     self.events = []
                     for event in events:
                         self.metrics.append(event)
-                        nonfinite_shown += event["event"] == "nonfinite"
-                        if event["event"] != "nonfinite" or nonfinite_shown <= NONFINITE_SHOWN:
+                        skip = event["event"] in SKIP_EVENTS
+                        nonfinite_shown += skip
+                        if not skip or nonfinite_shown <= NONFINITE_SHOWN:
                             self.say(f"{event['event']} at step {s}: {event['detail']}")
-                        if event["event"] == "nonfinite" and nonfinite_shown == NONFINITE_SHOWN:
-                            self.say("further non-finite steps are only counted (metrics.jsonl, "
+                        if skip and nonfinite_shown == NONFINITE_SHOWN:
+                            self.say("further skipped steps are only counted (metrics.jsonl, "
                                      "the summary)")
                     bar.set_postfix_str(format_progress(record), refresh=False)
                     bar.update(1)

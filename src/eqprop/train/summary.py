@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,8 @@ class TrainSummary:
         ref_status: the same for the reference solve.
         relaxation: False for the feed-forward baseline (trained by backprop), which has
             no equilibrium: no statuses, no NFE, no reference solve.
+        skip_reasons: skipped updates by their logged reason (``nonfinite``, ``rejected``
+            by the update filter, ``wall``), from ``metrics.jsonl``.
     """
 
     run_dir: Path
@@ -58,6 +61,15 @@ class TrainSummary:
     val_status: dict[str, int] | None = None
     ref_status: dict[str, int] | None = None
     relaxation: bool = True
+    skip_reasons: dict[str, int] | None = None
+
+    def _skipped(self, count: bool = True) -> str:
+        """``3 non-finite, 2 rejected by the update filter`` (the logged reasons);
+        ``non-finite`` alone (or with its count) when that is the only one."""
+        reasons = {k: v for k, v in (self.skip_reasons or {}).items() if k != "wall" and v}
+        if not reasons or set(reasons) == {"nonfinite"}:
+            return f"{self.skipped} non-finite" if count else "non-finite"
+        return ", ".join(f"{v} {_REASONS.get(k, k)}" for k, v in sorted(reasons.items()))
 
     @property
     def applied(self) -> int:
@@ -70,7 +82,7 @@ class TrainSummary:
         if self.skipped or self.wall_skipped:
             nothing = ": nothing was learned" if self.applied <= 0 else ""
             out.append(f"{self.skipped + self.wall_skipped} of {self.steps} updates were "
-                       f"skipped ({self.skipped} non-finite, {self.wall_skipped} by the wall "
+                       f"skipped ({self._skipped()}, {self.wall_skipped} by the wall "
                        f"guard){nothing}")
         for what, status in (("validation", self.val_status), ("reference", self.ref_status)):
             if status and not status.get("converged"):
@@ -107,7 +119,7 @@ class TrainSummary:
             free = "n/a (feed-forward, no relaxation)"
         return "\n".join([
             f"run            {self.run_dir}",
-            f"steps          {self.steps} ({self.skipped} skipped: non-finite"
+            f"steps          {self.steps} ({self.skipped} skipped: {self._skipped(count=False)}"
             f"{f', {self.wall_skipped} by the wall guard' if self.wall_skipped else ''}) in "
             f"{self.wall_time:.1f} s ({rate:.2f} steps/s)",
             f"train CE       {f(self.train_ce)} nats (last {SUMMARY_WINDOW} steps)"
@@ -119,6 +131,10 @@ class TrainSummary:
             f"free phase     {free}",
             *([f"stopped        {self.stopped}"] if self.stopped else []),
         ])
+
+
+#: how a skip reason reads in the summary
+_REASONS = {"nonfinite": "non-finite", "rejected": "rejected by the update filter"}
 
 
 def _counts(status: dict[str, int]) -> str:
@@ -165,4 +181,5 @@ def summarize(records: Sequence[dict[str, Any]], *, run_dir: Path, steps: int, s
         free_nfe=nfe_sum / n if n else 0.0, wall_time=wall_time,
         wall_skipped=guard.wall_skipped, stopped=guard.stop_reason,
         val_status=val.get("val_status"), ref_status=val.get("ref_status"),
-        relaxation=relaxation)
+        relaxation=relaxation,
+        skip_reasons=dict(Counter(str(r.get("skip_reason")) for r in rows if r.get("skipped"))))
