@@ -19,7 +19,7 @@ from eqprop.train import TrainConfig, train
 from eqprop.train.checkpoint import load_checkpoint
 from eqprop.train.ema import EMA
 from eqprop.train.metrics import read_metrics
-from eqprop.train.stability import StabilityConfig, StabilityController, leading_real_part
+from eqprop.train.stability import StabilityConfig, StabilityController
 
 from .conftest import tiny_problem
 from .helpers import LinearField, rotating_field
@@ -111,26 +111,6 @@ def test_model_options_are_validated(kw, match):
         ModelConfig(**kw)
 
 
-# -- the leading-eigenvalue estimate ------------------------------------------------------
-
-@pytest.mark.parametrize("a, b", [(-0.1, 2.0), (0.05, 2.0), (-0.3, 0.0)])
-def test_leading_real_part_finds_the_planted_rightmost_mode(a, b):
-    """A rotating pair a ± ib among stiff real modes, with a full Krylov space: the rightmost
-    Ritz value is the planted eigenvalue (a power method would miss the complex pair)."""
-    F = rotating_field(a, b, extra=(-1.0, -3.0, -8.0))
-    mu, v = leading_real_part(F, F.z_fix.clone(), krylov=5)
-    assert torch.allclose(mu.real, torch.full_like(mu.real, a), atol=1e-8)
-    assert torch.allclose(mu.imag.abs(), torch.full_like(mu.real, b), atol=1e-8)
-    assert v.shape == F.z_fix.shape
-
-
-def test_leading_real_part_on_the_lm_agrees_with_dense_eigenvalues():
-    _, field, z = tiny_problem("asym", B=2, n_layers=1)
-    dense = dense_spectrum(field, z).real.amax(-1)  # (B,)
-    mu, _ = leading_real_part(field, z, krylov=40)
-    torch.testing.assert_close(mu.real, dense, atol=1e-4, rtol=0)
-
-
 # -- the controller -----------------------------------------------------------------------
 
 def _controller(**kw) -> StabilityController:
@@ -151,19 +131,19 @@ def test_weight_follows_the_nfe_towards_its_target():
 
 def test_kick_when_the_leading_mode_crosses_the_margin():
     stable, unstable = rotating_field(-0.5, 2.0), rotating_field(0.1, 2.0)
-    c = _controller(target_nfe=20.0, gain=0.0, w_init=0.1, every=1, samples=3, krylov=3,
+    c = _controller(target_nfe=20.0, gain=0.0, w_init=0.1, every=1, samples=3, krylov=4,
                     margin=0.05, kick=3.0)
     d = c.decide(1, 20.0, stable, stable.z_fix)
     assert d.weight == pytest.approx(0.1) and not d.events
-    assert d.metrics["stab_re"] == pytest.approx(-0.5, abs=1e-8)
+    assert d.metrics["stab_re"] == pytest.approx(-0.5, abs=1e-6)
     d = c.decide(2, 20.0, unstable, unstable.z_fix)
     assert d.weight == pytest.approx(0.3)
     (event,) = d.events
-    assert event["event"] == "stability_kick" and event["re_mu"] == pytest.approx(0.1, abs=1e-8)
+    assert event["event"] == "stability_kick" and event["re_mu"] == pytest.approx(0.1, abs=1e-6)
     state = c.state_dict()
-    again = _controller(target_nfe=20.0, gain=0.0, w_init=0.1, every=1, samples=3, krylov=3)
-    again.load_state_dict(state, torch.device("cpu"))
-    assert again.weight == c.weight and torch.equal(again.v, c.v)
+    again = _controller(target_nfe=20.0, gain=0.0, w_init=0.1, every=1, samples=3, krylov=4)
+    again.load_state_dict(state)
+    assert again.weight == c.weight and again.last_re == c.last_re
 
 
 @pytest.mark.parametrize("kw, match", [

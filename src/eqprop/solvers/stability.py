@@ -111,34 +111,35 @@ def _leading_real(F: FieldFn, z: Tensor, f: Tensor | None, m: int) -> StabilityE
     ulp = torch.finfo(rdt).eps
     tiny = torch.finfo(rdt).tiny
     delta = math.sqrt(ulp) * sample_norm(zf).clamp_min(1.0)  # (B,)
-    gen = torch.Generator().manual_seed(0)  # the same probe every time: reproducible
-    v = torch.randn(B, N, generator=gen, dtype=rdt)
+    # the same probe every time (reproducible), drawn where the state lives
+    gen = torch.Generator(device=zf.device).manual_seed(0)
+    v = torch.randn(B, N, generator=gen, dtype=rdt, device=zf.device)
     if zf.is_complex():
-        v = torch.complex(v, torch.randn(B, N, generator=gen, dtype=rdt))
-    v = v.to(zf.device, zf.dtype)
+        v = torch.complex(v, torch.randn(B, N, generator=gen, dtype=rdt, device=zf.device))
+    v = v.to(zf.dtype)
     v = v / sample_norm(v)[:, None]
     hdt = torch.complex128 if zf.is_complex() else torch.float64
     H = torch.zeros(B, m + 1, m, dtype=hdt, device=zf.device)  # Hessenberg
-    V = [v]
+    V = torch.zeros(B, m + 1, N, dtype=zf.dtype, device=zf.device)  # the basis, (B, m+1, N)
+    V[:, 0] = v
     alive = torch.ones(B, dtype=torch.bool, device=zf.device)
     k = torch.zeros(B, dtype=torch.long, device=zf.device)  # valid columns per sample
     for j in range(m):
-        w = (_flat(F((zf + delta[:, None] * V[j]).reshape(shape))) - ff) / delta[:, None]
+        w = (_flat(F((zf + delta[:, None] * V[:, j]).reshape(shape))) - ff) / delta[:, None]
         evals += 1
         w = torch.where(alive[:, None], w, torch.zeros_like(w))
         w0 = sample_norm(w)
-        for _ in range(2):  # modified Gram–Schmidt, twice (the basis stays orthogonal)
-            for i in range(j + 1):
-                h = (V[i].conj() * w).sum(1)  # (B,)
-                H[:, i, j] += h.to(hdt)
-                w = w - h[:, None] * V[i]
+        for _ in range(2):  # classical Gram–Schmidt, twice (the basis stays orthogonal)
+            h = torch.einsum("bkn,bn->bk", V[:, : j + 1].conj(), w)  # (B, j+1)
+            H[:, : j + 1, j] += h.to(hdt)
+            w = w - torch.einsum("bk,bkn->bn", h, V[:, : j + 1])
         hn = sample_norm(w)
         H[:, j + 1, j] = hn.to(hdt)
         k = k + alive
         # an invariant subspace (n ≤ m, or an exact one) ends the sample's basis
         alive = alive & torch.isfinite(hn) & (hn > math.sqrt(ulp) * w0.clamp_min(tiny))
-        V.append(torch.where(alive[:, None], w / hn.clamp_min(tiny)[:, None],
-                             torch.zeros_like(w)))
+        V[:, j + 1] = torch.where(alive[:, None], w / hn.clamp_min(tiny)[:, None],
+                                  torch.zeros_like(w))
     finite = torch.isfinite(H.abs().sum((1, 2)))  # (B,)
     H = torch.where(finite[:, None, None], H, torch.zeros_like(H))
     idx = torch.arange(m, device=zf.device)

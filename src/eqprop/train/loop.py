@@ -246,7 +246,7 @@ class Trainer:
         if self.ema is not None and "ema" in extra:
             self.ema.load_state_dict(extra["ema"])
         if self.stability is not None and "stability" in extra:
-            self.stability.load_state_dict(extra["stability"], self.device)
+            self.stability.load_state_dict(extra["stability"])
 
     # -- one step ------------------------------------------------------------
     def free_relaxation(self) -> Relaxation:

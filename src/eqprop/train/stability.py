@@ -5,8 +5,8 @@ It measures, and decides; the trainer applies its decision (DESIGN §4, §7):
 - every step, the free phase's mean NFE per sample (how slowly the relaxation
   contracts: it grows as the leading mode approaches the imaginary axis);
 - every ``every`` steps, the leading real part ``Re μ`` of the Jacobian at z* on a few
-  samples, by a batched Arnoldi process on GPU-side JVPs (the rightmost Ritz value),
-  warm-started from the last rightmost Ritz vector.
+  samples: the rightmost Ritz value of a batched Arnoldi process
+  (:func:`~eqprop.solvers.stability.leading_real`).
 
 The decision is the Jacobian penalty's weight ``w``: a multiplicative integral
 controller steers the NFE towards ``target_nfe``,
@@ -23,13 +23,13 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from ..errors import ConfigError
 from ..fields import Field
+from ..solvers.stability import leading_real
 
-__all__ = ["StabilityConfig", "StabilityController", "StabilityDecision", "leading_real_part"]
+__all__ = ["StabilityConfig", "StabilityController", "StabilityDecision"]
 
 
 @dataclass
@@ -90,56 +90,12 @@ class StabilityDecision:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-@torch.no_grad()
-def leading_real_part(F: Field, z_star: Tensor, krylov: int,
-                      v0: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Rightmost Ritz value of ``J = ∂F/∂z (z*)`` per sample, by ``krylov`` Arnoldi steps.
-
-    Batched over samples, matrix-free (``J v`` from one :meth:`Field.linearize`), no host
-    synchronisation. Krylov subspaces approach the outer eigenvalues of J, the rightmost
-    one among them; with few steps this is an estimate (tested against dense
-    eigenvalues on planted spectra), warm-started by ``v0``.
-
-    Args:
-        F: the field (a :class:`~eqprop.fields.Field`).
-        z_star: the equilibrium ``(B, ...)``, real.
-        krylov: Arnoldi steps m (JVPs).
-        v0: starting vectors ``(B, ...)`` (None: random).
-
-    Returns:
-        ``(mu, v)``: the rightmost Ritz values ``(B,)`` (complex) and their Ritz vectors'
-        real parts ``(B, ...)`` (for the next warm start).
-    """
-    B = z_star.shape[0]
-    lin = F.linearize(z_star)
-    v = torch.randn_like(z_star) if v0 is None else v0.clone()
-    V = [(v / v.reshape(B, -1).norm(dim=1).clamp_min(1e-30).reshape(-1, *[1] * (v.dim() - 1)))
-         .reshape(B, -1)]
-    H = z_star.new_zeros(B, krylov + 1, krylov)
-    for j in range(krylov):
-        w = lin.jvp(V[j].reshape(z_star.shape)).reshape(B, -1)
-        Vs = torch.stack(V, 1)  # (B, j+1, N)
-        for _ in range(2):  # classical Gram–Schmidt, twice (stable enough for a few steps)
-            h = torch.einsum("bkn,bn->bk", Vs, w)
-            w = w - torch.einsum("bk,bkn->bn", h, Vs)
-            H[:, : j + 1, j] += h
-        H[:, j + 1, j] = w.norm(dim=1)
-        V.append(w / H[:, j + 1, j].clamp_min(1e-30)[:, None])
-    ritz, vecs = torch.linalg.eig(H[:, :krylov, :krylov])  # (B, m), (B, m, m)
-    i = ritz.real.argmax(1)  # (B,)
-    mu = ritz.gather(1, i[:, None]).squeeze(1)
-    y = vecs.gather(2, i[:, None, None].expand(B, krylov, 1)).squeeze(2)  # (B, m)
-    x = torch.einsum("bk,bkn->bn", y, torch.stack(V[:krylov], 1).to(y.dtype)).real
-    return mu, x.reshape(z_star.shape)
-
-
 class StabilityController:
     """The one place that decides the penalty weight (see the module docstring)."""
 
     def __init__(self, cfg: StabilityConfig):
         self.cfg = cfg
         self.weight = cfg.w_init
-        self.v: Tensor | None = None  # last rightmost Ritz vectors (warm start)
         self.last_re: float | None = None
 
     def decide(self, step: int, free_nfe: float, field: Field, z_star: Tensor
@@ -154,11 +110,10 @@ class StabilityController:
             s = min(c.samples, z_star.shape[0])
             sub = field.head(s) or field
             s = z_star.shape[0] if sub is field else s
-            v0 = self.v if self.v is not None and self.v.shape[0] == s else None
-            mu, self.v = leading_real_part(sub, z_star[:s].detach(), c.krylov, v0)
-            re = float(mu.real.max())
+            est = leading_real(sub, z_star[:s].detach(), m=c.krylov)
+            re = float(est.max_real.max())
             self.last_re = re
-            metrics.update(stab_re=re, stab_im=float(mu.imag[mu.real.argmax()].abs()))
+            metrics["stab_re"] = re
             if re > -c.margin:
                 old = self.weight
                 self.weight *= c.kick
@@ -171,11 +126,8 @@ class StabilityController:
         return StabilityDecision(self.weight, events, metrics)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"weight": self.weight, "last_re": self.last_re,
-                "v": None if self.v is None else self.v.detach().cpu()}
+        return {"weight": self.weight, "last_re": self.last_re}
 
-    def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.weight = float(state.get("weight", self.cfg.w_init))
         self.last_re = state.get("last_re")
-        v = state.get("v")
-        self.v = None if v is None else v.to(device)
