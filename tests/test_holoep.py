@@ -1,4 +1,4 @@
-"""Holomorphic EP and the complex (holomorphic) forward pass of the model (DESIGN.md §3)."""
+"""Holomorphic EP and the complex (holomorphic) forward pass of the model (design §3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Jacobian regularizers (jacreg, homeostasis) and the adaptive weight (DESIGN.md §4)."""
+"""Jacobian regularizers (jacreg, homeostasis) and the adaptive weight (design §4)."""
 
 from __future__ import annotations
 

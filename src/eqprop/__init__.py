@@ -1,7 +1,7 @@
 """eqprop: Equilibrium Propagation for attention-based equilibrium networks.
 
 A faithful, fast simulator of analog hardware that settles to an equilibrium.
-See DESIGN.md for the math and vocabulary.
+See docs/design.md for the math and vocabulary.
 """
 
 from .diagnostics import (

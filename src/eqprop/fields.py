@@ -4,7 +4,7 @@ A *field* is any batched callable ``F(z) -> dz/dt`` with ``z`` of shape ``(B, ..
 whose samples are independent (row ``b`` of ``F(z)`` depends on row ``b`` of ``z``
 only). Plain callables work with every solver; the :class:`Field` base class adds
 the matrix-free Jacobian products that estimators and diagnostics need, and the
-readout loss that EP nudges with (DESIGN.md §1, §3).
+readout loss that EP nudges with (design §1, §3).
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ class Linearization:
 
 
 class NudgedField(Field):
-    """The nudged dynamics of EP and asymmetric EP (DESIGN.md §3).
+    """The nudged dynamics of EP and asymmetric EP (design §3).
 
     ``F_β(z) = F(z) - β ∇_z L(z)``, plus ``-2A (z - z*)`` with ``A = (J - Jᵀ)/2``
     frozen at ``z*`` when ``antisym`` is set (Scurria et al. 2026). ``2A v`` is

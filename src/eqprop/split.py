@@ -1,4 +1,4 @@
-"""The conservative / non-conservative split of a field, as a declared interface (DESIGN.md §1).
+"""The conservative / non-conservative split of a field, as a declared interface (design §1).
 
 ``F(z) = c(z) + n(z)``: ``c`` the conservative part (``-∇E_c``, for the LM the leak
 and the drive, ``-(1 + γ) z + x``), ``n`` the non-conservative part (attention and

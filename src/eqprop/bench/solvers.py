@@ -1,4 +1,4 @@
-"""``eqprop bench solvers``: relaxation solvers side by side on stiff problems (DESIGN.md §2).
+"""``eqprop bench solvers``: relaxation solvers side by side on stiff problems (design §2).
 
 Cases: (i) ``stiff``: a linear field with rotating modes ``a ± ib`` (``|b| ≫ |a|``);
 (ii) ``lm``: a fresh LM with W_Q, W_K × ``qk_scale``; (iii) ``run``: a run's trained LM on

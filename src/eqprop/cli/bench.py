@@ -25,7 +25,7 @@ __all__ = ["Args", "SolversArgs", "SolversCommand", "TrainCommand", "run"]
 
 @dataclass
 class SolversArgs(SolverBenchConfig):
-    """The solver benchmark (DESIGN.md §2), with where to write its table.
+    """The solver benchmark (design §2), with where to write its table.
 
     Args:
         out: write the markdown table here (with the command on top); print it always.

@@ -1,4 +1,4 @@
-"""``eqprop diagnose RUN``: why does (or will) this run's relaxation fail? (DESIGN.md §5)
+"""``eqprop diagnose RUN``: why does (or will) this run's relaxation fail? (design §5)
 
 On a validation batch: relax with the run's own solver, find the fixed point by
 Newton–Krylov, and report per sample the spectrum of J there (ε_crit by

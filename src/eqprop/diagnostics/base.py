@@ -1,4 +1,4 @@
-"""Per-sample Jacobian operators and the ARPACK wrapper the diagnostics share (DESIGN.md §5).
+"""Per-sample Jacobian operators and the ARPACK wrapper the diagnostics share (design §5).
 
 ``J = ∂F/∂z (z*)`` is never formed for real models: :class:`SampleJacobian`
 applies one sample's ``J_b v`` by a JVP and ``J_bᵀ v`` by a VJP, as flat vectors,

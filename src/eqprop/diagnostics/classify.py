@@ -1,4 +1,4 @@
-"""Why did a relaxation fail? Integration artifact or lost fixed point (DESIGN.md §5).
+"""Why did a relaxation fail? Integration artifact or lost fixed point (design §5).
 
 - **integration artifact**: at the best fixed point found every ``Re μ < 0`` and the
   step ε exceeds ε_crit there. The continuous dynamics (the hardware) would settle;

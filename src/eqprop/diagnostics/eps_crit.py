@@ -1,4 +1,4 @@
-"""Euler's critical step ε_crit per sample, two independent ways (DESIGN.md §2, §5).
+"""Euler's critical step ε_crit per sample, two independent ways (design §2, §5).
 
 Near ``z*`` explicit Euler is the linear map ``M = I + εJ``; it converges iff
 ``|1 + εμ| < 1`` for every eigenvalue ``μ = a + ib`` of J, i.e.

@@ -4,7 +4,7 @@ The reference is the exact implicit-function-theorem gradient at a tightly solve
 equilibrium (relaxation polished by Newton–Krylov). Each estimator is run at the
 free equilibrium reached with a looser tolerance ``tol``; its cosine to the
 reference (global and per parameter) says how much of the gradient survives the
-estimator's own bias plus an inexact free phase (DESIGN.md §3, §5).
+estimator's own bias plus an inexact free phase (design §3, §5).
 """
 
 from __future__ import annotations

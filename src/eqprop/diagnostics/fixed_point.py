@@ -1,4 +1,4 @@
-"""The best fixed point near a state: damped Newton–Krylov on ``F(z) = 0`` (DESIGN.md §5).
+"""The best fixed point near a state: damped Newton–Krylov on ``F(z) = 0`` (design §5).
 
 The failure classification must look at the Jacobian *at a fixed point*, not on
 the orbit a failed relaxation ended on: on a limit cycle of the continuous

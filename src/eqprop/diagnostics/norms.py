@@ -1,4 +1,4 @@
-"""Scalar stiffness measures of the Jacobian at an equilibrium (DESIGN.md §5).
+"""Scalar stiffness measures of the Jacobian at an equilibrium (design §5).
 
 - damping ratio ``-a/|μ|`` of the critical mode: 1 for a real decaying mode, → 0
   for a weakly damped rotation (ringing);

@@ -1,4 +1,4 @@
-"""Leading eigenvalues of the Jacobian at an equilibrium, per sample (DESIGN.md §5).
+"""Leading eigenvalues of the Jacobian at an equilibrium, per sample (design §5).
 
 Arnoldi (ARPACK's implicitly restarted Arnoldi, ``scipy.sparse.linalg.eigs``) on a
 JVP operator, never a plain power method: J is non-normal and its critical modes

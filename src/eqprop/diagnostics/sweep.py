@@ -1,4 +1,4 @@
-"""ε-sweep: what fixed-step Euler does with each step size (DESIGN.md §5).
+"""ε-sweep: what fixed-step Euler does with each step size (design §5).
 
 For each ε the free phase is relaxed for T steps from the model's initial state;
 the residual floor (the lowest relative residual reached), the final residual and

@@ -1,4 +1,4 @@
-"""Stability measurements for the training loop, every K steps (DESIGN.md §5).
+"""Stability measurements for the training loop, every K steps (design §5).
 
 :func:`track_stability` turns the free equilibrium of a training batch into a few
 floats for ``metrics.jsonl``: ε_crit, the critical mode ``a + ib``, its damping

@@ -1,4 +1,4 @@
-"""Estimator interface: turn an equilibrium into a gradient (DESIGN.md §3).
+"""Estimator interface: turn an equilibrium into a gradient (design §3).
 
 Every estimator returns one surrogate scalar
 

@@ -1,4 +1,4 @@
-"""Equilibrium propagation: plain EP and asymmetric EP (DESIGN.md §3)."""
+"""Equilibrium propagation: plain EP and asymmetric EP (design §3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Gradient fidelity: cosine between an estimate and a reference (DESIGN.md §3)."""
+"""Gradient fidelity: cosine between an estimate and a reference (design §3)."""
 
 from __future__ import annotations
 

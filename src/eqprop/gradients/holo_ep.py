@@ -1,4 +1,4 @@
-"""Holomorphic equilibrium propagation (Laborieux & Zenke 2022; DESIGN.md §3)."""
+"""Holomorphic equilibrium propagation (Laborieux & Zenke 2022; design §3)."""
 
 from __future__ import annotations
 

@@ -1,11 +1,11 @@
 """Causal attention, layer norm and activations written for matrix-free Jacobian
 products and for complex states.
 
-PyTorch's fused attention kernels have no forward-mode AD on CPU (DESIGN.md §1),
+PyTorch's fused attention kernels have no forward-mode AD on CPU (design §1),
 so JVPs go through :func:`causal_attention` with ``explicit=True``: an explicit
 masked softmax, tested to agree with the fused path.
 
-Holomorphic EP (Laborieux & Zenke 2022; DESIGN.md §3) evaluates the field at
+Holomorphic EP (Laborieux & Zenke 2022; design §3) evaluates the field at
 complex states, so every op here also has a *holomorphic* complex path: no
 ``conj`` or ``abs``, softmax / logsumexp shifted by the max of the real part only,
 a finite large negative real as the causal mask. On real inputs the complex path

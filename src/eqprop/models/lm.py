@@ -1,4 +1,4 @@
-"""The causal equilibrium transformer language model (DESIGN.md §1).
+"""The causal equilibrium transformer language model (design §1).
 
 State ``z`` of shape ``(B, L, T, D)``: one ``(T, D)`` state per layer and sample.
 The model only *defines* the field ``F(z; x, θ) = c(z; x) + n(z; θ)``; solvers
@@ -94,6 +94,13 @@ class EquilibriumLM(nn.Module):
     def force(self, z: Tensor, x: Tensor, explicit: bool = False) -> Tensor:
         """``F(z; x, θ) = c(z; x) + n(z; θ)``, shape ``(B, L, T, D)``."""
         return self.conservative(z, x) + self.nonconservative(z, explicit)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        """An equilibrium model has no single forward pass: its output is read at the
+        fixed point of its field. Raises a TypeError that says what to call instead."""
+        raise TypeError("EquilibriumLM has no forward pass: relax its field "
+                        "(model.field(tokens), eqprop.solvers.relax) and read model.logits(z), "
+                        "or use eqprop.train.load_run(RUN).logits(text)")
 
     def field(self, tokens: Tensor, targets: Tensor | None = None) -> LMField:
         """The field bound to an input batch (and its next-token targets)."""

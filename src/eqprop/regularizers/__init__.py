@@ -1,4 +1,4 @@
-"""Regularizers: Jacobian penalties at the free equilibrium (DESIGN.md §4)."""
+"""Regularizers: Jacobian penalties at the free equilibrium (design §4)."""
 
 from .adaptive import AdaptiveWeight
 from .base import Regularizer, probes

@@ -1,5 +1,5 @@
 """The adaptive regularizer weight: raised while relaxations fail or the ε_crit margin
-is thin, decayed otherwise (DESIGN.md §4)."""
+is thin, decayed otherwise (design §4)."""
 
 from __future__ import annotations
 

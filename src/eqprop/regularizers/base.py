@@ -1,4 +1,4 @@
-"""Regularizer interface: a penalty on the Jacobian at the free equilibrium (DESIGN.md §4).
+"""Regularizer interface: a penalty on the Jacobian at the free equilibrium (design §4).
 
 A regularizer returns ``R(θ)``, a scalar computed at ``z*`` with z* detached (the
 penalty shapes the field around the equilibrium the model has, it does not move

@@ -1,4 +1,4 @@
-"""Jacobian homeostasis: a penalty on the asymmetric part of J at z* (DESIGN.md §4)."""
+"""Jacobian homeostasis: a penalty on the asymmetric part of J at z* (design §4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""jacreg: the Frobenius norm of the non-conservative Jacobian at z* (DESIGN.md §4)."""
+"""jacreg: the Frobenius norm of the non-conservative Jacobian at z* (design §4)."""
 
 from __future__ import annotations
 

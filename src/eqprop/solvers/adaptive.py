@@ -1,4 +1,4 @@
-"""Explicit Euler with a per-sample step size chosen by a controller (DESIGN.md §2)."""
+"""Explicit Euler with a per-sample step size chosen by a controller (design §2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Anderson acceleration of the Euler map, batched per sample, with a safeguard (DESIGN.md §2)."""
+"""Anderson acceleration of the Euler map, batched per sample, with a safeguard (design §2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The relaxation interface: ``relax(F, z0, solver)`` -> :class:`Solution` (DESIGN.md §2).
+"""The relaxation interface: ``relax(F, z0, solver)`` -> :class:`Solution` (design §2).
 
 A solver only does steps; a controller (``solvers.controllers``) only picks ε;
 :func:`relax` owns the loop: per-sample convergence masks, NFE accounting,

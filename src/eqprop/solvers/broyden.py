@@ -1,4 +1,4 @@
-"""Limited-memory Broyden root finding on ``F(z) = 0``, batched per sample (DESIGN.md §2)."""
+"""Limited-memory Broyden root finding on ``F(z) = 0``, batched per sample (design §2)."""
 
 from __future__ import annotations
 

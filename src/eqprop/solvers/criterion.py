@@ -1,4 +1,4 @@
-"""The convergence criterion every solver is judged by (DESIGN.md §2).
+"""The convergence criterion every solver is judged by (design §2).
 
 A relative residual ``g = ‖F(z)‖/‖z‖ ≤ tol`` alone can be met far from any fixed
 point: on a field whose ``F`` stays bounded (no linear leak, e.g. saturating

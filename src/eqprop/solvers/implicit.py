@@ -1,4 +1,4 @@
-"""Implicit Euler with a matrix-free Newton–Krylov inner solve, and IMEX Euler (DESIGN.md §2)."""
+"""Implicit Euler with a matrix-free Newton–Krylov inner solve, and IMEX Euler (design §2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Inexact Newton–Krylov root finding on ``F(z) = 0`` (DESIGN.md §2)."""
+"""Inexact Newton–Krylov root finding on ``F(z) = 0`` (design §2)."""
 
 from __future__ import annotations
 

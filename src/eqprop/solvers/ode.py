@@ -1,4 +1,4 @@
-"""The continuous-time reference: adaptive Runge–Kutta of ``dz/dt = F(z)`` (DESIGN.md §2).
+"""The continuous-time reference: adaptive Runge–Kutta of ``dz/dt = F(z)`` (design §2).
 
 The analog emulator. Where the other solvers find ``z*`` as fast as they can, this
 one follows the flow the hardware would follow, with an error-controlled

@@ -74,7 +74,7 @@ def _layout(tensors: list[Tensor | None]) -> tuple:
 
 @dataclass
 class Relaxation:
-    """Relax ``dz/dt = F(z)`` to an equilibrium, every sample on its own (DESIGN §2).
+    """Relax ``dz/dt = F(z)`` to an equilibrium, every sample on its own (design §2).
 
     A sample stops once its relative residual ``g = ‖F(z)‖/‖z‖ ≤ tol`` and its absolute
     residual ``‖F(z)‖ ≤ atol`` (:mod:`~eqprop.solvers.criterion`), or it turns

@@ -1,4 +1,4 @@
-"""Is an equilibrium continuous-stable? A cheap per-sample check (DESIGN.md §2).
+"""Is an equilibrium continuous-stable? A cheap per-sample check (design §2).
 
 A root finder (Newton–Krylov, Broyden, Anderson, implicit Euler with a large step,
 Ψtc, IMEX) converges to any zero of ``F``, also to a source or a saddle that the

@@ -1,4 +1,4 @@
-"""Per-sample failure classification from a residual trace (DESIGN.md §2)."""
+"""Per-sample failure classification from a residual trace (design §2)."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ Why an explicit all-reduce and not ``DistributedDataParallel(model)``: DDP
 all-reduces in autograd hooks that it arms in ``DDP.forward``; the relaxation and
 every estimator call the model's submodules directly (``model.field(...)``, JVPs and
 VJPs by ``torch.func``), never ``DDP.forward``, so a wrapped model would reduce
-nothing. Averaging the ``.grad`` that ``surrogate.backward()`` filled (DESIGN.md §3)
+nothing. Averaging the ``.grad`` that ``surrogate.backward()`` filled (design §3)
 works for every estimator and penalty unchanged. DDP's one advantage, overlapping
 the reduction with the backward pass, buys almost nothing here: a step spends its
 time in the tens to hundreds of field evaluations of the relaxations, and one

@@ -1,7 +1,7 @@
 """The wall guard: watch the free relaxations and act when they stop converging.
 
 Training that sharpens attention lowers ε_crit until a fixed ε crosses it and the
-free relaxation starts to cycle or diverge (DESIGN.md §2, "the wall"); from then on
+free relaxation starts to cycle or diverge (design §2, "the wall"); from then on
 the estimator's gradient is taken away from any fixed point. The guard measures,
 per step, the fraction of the batch's free relaxations that failed, averages it
 over a window, and when that mean reaches a threshold applies the policy of

@@ -1,7 +1,7 @@
 """Training hooks built from the config: the regularizer penalty and stability tracking.
 
 One :class:`ConfigHooks` object joins them, because the adaptive regularizer weight
-(DESIGN.md §4) reacts to both the free phase's converged fraction (every step) and
+(design §4) reacts to both the free phase's converged fraction (every step) and
 the ε_crit margin ``1 - ε/ε_crit`` (each time stability is tracked).
 """
 

@@ -1,4 +1,4 @@
-"""The training loop: free relaxation, gradient estimator, AdamW update (DESIGN.md §2, §3).
+"""The training loop: free relaxation, gradient estimator, AdamW update (design §2, §3).
 
 One step: relax the free dynamics from the input drive to z* with the free-phase
 solver; let the estimator (asymep, ep, ift, bptt) turn z* into a surrogate

@@ -1,6 +1,6 @@
 """The stability controller: keeps the operating point inside a margin while training.
 
-It measures, and decides; the trainer applies its decision (DESIGN §4, §7):
+It measures, and decides; the trainer applies its decision (design §4, §7):
 
 - every step, the free phase's mean NFE per sample (how slowly the relaxation
   contracts: it grows as the leading mode approaches the imaginary axis);

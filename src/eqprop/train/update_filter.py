@@ -1,4 +1,4 @@
-"""Reject a finite update whose estimate cannot be trusted (DESIGN.md §2, §3).
+"""Reject a finite update whose estimate cannot be trusted (design §2, §3).
 
 A gradient estimate is only as good as the equilibria it was taken at. Relaxations
 that diverged, landed on an unstable point or met NaN/Inf give a number, and often

@@ -1,4 +1,4 @@
-"""Step-size controllers of :class:`~eqprop.solvers.adaptive.AdaptiveEuler` (DESIGN.md §2).
+"""Step-size controllers of :class:`~eqprop.solvers.adaptive.AdaptiveEuler` (design §2).
 
 A controller decides ε per sample; the solver only steps. ``CONTROLLERS`` maps the
 names used in configs to the classes.

@@ -1,4 +1,4 @@
-"""The controller interface: a controller decides ε, a solver only steps (DESIGN.md §2, §7).
+"""The controller interface: a controller decides ε, a solver only steps (design §2, §7).
 
 :class:`~eqprop.solvers.adaptive.AdaptiveEuler` takes a trial step with the
 current ε of every sample, hands the controller what it measured

@@ -1,4 +1,4 @@
-"""Step doubling: one full Euler step against two half steps (DESIGN.md §2)."""
+"""Step doubling: one full Euler step against two half steps (design §2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The EMA-smoothed overshoot controller (DESIGN.md §2)."""
+"""The EMA-smoothed overshoot controller (design §2)."""
 
 from __future__ import annotations
 

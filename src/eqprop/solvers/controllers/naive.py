@@ -1,4 +1,4 @@
-"""The naive progress controller: kept as the known-wrong reference (DESIGN.md §2)."""
+"""The naive progress controller: kept as the known-wrong reference (design §2)."""
 
 from __future__ import annotations
 

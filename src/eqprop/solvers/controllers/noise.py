@@ -1,4 +1,4 @@
-"""The noise-relative tolerance controller (DESIGN.md §2)."""
+"""The noise-relative tolerance controller (design §2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The overshoot controller: shrink ε when the residual grows (DESIGN.md §2)."""
+"""The overshoot controller: shrink ε when the residual grows (design §2)."""
 
 from __future__ import annotations
 

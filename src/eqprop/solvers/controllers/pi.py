@@ -1,4 +1,4 @@
-"""Embedded Euler–Heun error estimate with a PI step-size controller (DESIGN.md §2)."""
+"""Embedded Euler–Heun error estimate with a PI step-size controller (design §2)."""
 
 from __future__ import annotations
 

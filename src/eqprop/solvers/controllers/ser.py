@@ -1,4 +1,4 @@
-"""Switched evolution relaxation (SER) of the step size (DESIGN.md §2)."""
+"""Switched evolution relaxation (SER) of the step size (design §2)."""
 
 from __future__ import annotations
 
