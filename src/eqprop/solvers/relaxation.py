@@ -107,6 +107,7 @@ class Relaxation:
     atol: float | None = None
     stability: str = "auto"
     _graphs: dict[tuple, _Replay] = field(default_factory=dict, init=False, repr=False)
+    _failed: set[tuple] = field(default_factory=set, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.solver, Solver):
@@ -142,11 +143,15 @@ class Relaxation:
             inputs = F.static_inputs() if isinstance(F, Field) else None
             if reuse and self.capture and z0.is_cuda and inputs is not None:
                 return self._replayed(F, inputs, z0, scale, trace)
-            loop = run_loop(F, z0, self.solver, tol=self._tol, max_steps=self.max_steps,
-                            check_every=self.check_every, scale=scale,
-                            capture=self.capture and z0.is_cuda)
-            sol = to_solution(loop, self._tol, trace)
-            return check_relaxation(F, sol, self.solver, self.stability, f=loop.state.f)
+            return self._once(F, z0, scale, trace, capture=self.capture and z0.is_cuda)
+
+    def _once(self, F: FieldFn, z0: Tensor, scale: Tensor | None, trace: bool,
+              capture: bool) -> Solution:
+        """The loop run for this call alone (a graph, if any, recorded and released)."""
+        loop = run_loop(F, z0, self.solver, tol=self._tol, max_steps=self.max_steps,
+                        check_every=self.check_every, scale=scale, capture=capture)
+        sol = to_solution(loop, self._tol, trace)
+        return check_relaxation(F, sol, self.solver, self.stability, f=loop.state.f)
 
     __call__ = run
 
@@ -164,6 +169,8 @@ class Relaxation:
     def _replayed(self, F: Field, inputs: list[Tensor], z0: Tensor, scale: Tensor | None,
                   trace: bool) -> Solution:
         key = self._key(F, inputs, z0, scale)
+        if key in self._failed:
+            return self._once(F, z0, scale, trace, capture=False)
         r = self._graphs.get(key)
         caller = torch.cuda.current_stream(z0.device)
         if r is None:
@@ -172,10 +179,8 @@ class Relaxation:
             except RuntimeError as e:  # an F that synchronises with the host
                 warnings.warn(f"Relaxation: CUDA-graph capture failed, running eagerly "
                               f"({str(e).splitlines()[0]})", stacklevel=3)
-                loop = run_loop(F, z0, self.solver, tol=self._tol, max_steps=self.max_steps,
-                                check_every=self.check_every, scale=scale, capture=False)
-                sol = to_solution(loop, self._tol, trace)
-                return check_relaxation(F, sol, self.solver, self.stability, f=loop.state.f)
+                self._failed.add(key)  # not tried again for this shape
+                return self._once(F, z0, scale, trace, capture=False)
             self._graphs[key] = r
         r.stream.wait_stream(caller)
         with torch.cuda.stream(r.stream):

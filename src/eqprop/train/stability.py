@@ -111,7 +111,8 @@ class StabilityController:
             sub = field.head(s) or field
             s = z_star.shape[0] if sub is field else s
             est = leading_real(sub, z_star[:s].detach(), m=c.krylov)
-            re = float(est.max_real.max())
+            # NaN where F was not finite at z*: those samples are the update filter's business
+            re = float(est.max_real.nan_to_num(nan=-math.inf).max())
             self.last_re = re
             metrics["stab_re"] = re
             if re > -c.margin:
