@@ -301,10 +301,10 @@ class Trainer:
         finite = self.dist.all_true(
             math.isfinite(loss) and math.isfinite(gn) and math.isfinite(host.get("penalty", 0))
             and counts["nonfinite"] == 0 and nudge_counts.get("nonfinite", 0) == 0)
-        # the guard judges the global batch: the same verdict on every rank
         # an estimate from failed relaxations, or an absurd norm: rejected on every rank
         reason = self.update_filter.check(counts, nudge_phases, gn)
         sound = finite and self.dist.all_true(reason is None)
+        # the guard judges the global batch: the same verdict on every rank
         apply = sound and self.guard.allow_update(self.dist.sum_counts(counts))
         if sound:
             self.update_filter.accept(gn)
