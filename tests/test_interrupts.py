@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from eqprop.cli.main import main
+from eqprop.errors import ConfigError
 from eqprop.train import load_run, train
 from eqprop.train.checkpoint import CKPT_DIR, load_checkpoint
 from eqprop.train.metrics import read_metrics
@@ -147,7 +148,11 @@ def test_two_resumes_at_once_one_is_refused(tmp_path, text_file):
 
 def test_the_python_api_releases_the_lock(tmp_path, text_file):
     s = train(tiny(text_file, tmp_path))
-    RunLock(s.run_dir).release()  # free again once train() returned
+    lock = RunLock(s.run_dir)  # free again once train() returned: this one gets it
+    assert lock._fd is not None
+    with pytest.raises(ConfigError, match="is in use by pid"):  # and it does exclude
+        RunLock(s.run_dir)
+    lock.release()
 
 
 # -- a flag given on the command line wins -----------------------------------------------

@@ -13,17 +13,17 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from ..errors import ConfigError
-from ..fields import Field, FieldFn
-from ..solvers.base import Solver, SolverState, relax, sample_norm
+from ..fields import Field
+from ..solvers.base import relax, sample_norm
 from ..solvers.registry import SOLVERS, SolverConfig, build_solver
 from ..solvers.status import Status
-from ..split import SplitField
+from .problems import Budgeted, CountingField, counting, stiff_field
 
 __all__ = ["DEFAULT_SOLVERS", "CountingField", "SolverBenchConfig", "bench_solvers",
            "markdown_table", "stiff_field"]
@@ -124,97 +124,6 @@ def parse_spec(spec: str) -> tuple[str, str | None, float | None]:
     return name, controller or None, eps_v
 
 
-class CountingField(Field):
-    """Wraps a field: counts batched evaluations (F and JVPs) and records, per call,
-    each sample's relative residual; after ``budget`` calls it returns NaN so that
-    any solver stops."""
-
-    def __init__(self, field: Field, budget: int):
-        self.field, self.budget = field, budget
-        self.calls = 0
-        self.first_hit: Tensor | None = None  # (B,) call index at which g ≤ tol first
-        self.tol = 0.0
-
-    def _count(self, z: Tensor, out: Tensor) -> Tensor:
-        self.calls += 1
-        if self.calls > self.budget:
-            return torch.full_like(out, float("nan"))
-        return out
-
-    def __call__(self, z: Tensor) -> Tensor:
-        out = self._count(z, self.field(z))
-        if self.first_hit is not None:
-            g = sample_norm(out) / sample_norm(z).clamp_min(1e-30)
-            hit = (g <= self.tol) & (self.first_hit < 0)
-            self.first_hit = torch.where(hit, self.calls, self.first_hit)
-        return out
-
-    def forward_for_jvp(self, z: Tensor) -> Tensor:
-        return self._count(z, self.field.forward_for_jvp(z))
-
-
-class _CountingSplitField(CountingField, SplitField):
-    """A :class:`CountingField` around a :class:`~eqprop.split.SplitField` keeps its split."""
-
-    def conservative(self, z: Tensor) -> Tensor:
-        return self.field.conservative(z)
-
-    def nonconservative(self, z: Tensor) -> Tensor:
-        return self.field.nonconservative(z)
-
-
-def counting(field: Field, budget: int) -> CountingField:
-    """A :class:`CountingField` around ``field``, a split one when ``field`` declares a split."""
-    return (_CountingSplitField if isinstance(field, SplitField) else CountingField)(field, budget)
-
-
-class _Budgeted(Solver):
-    """Stops a solver once its counted field has spent the budget: the samples still
-    relaxing get a NaN residual, so that relax ends them (as non-finite)."""
-
-    def __init__(self, inner: Solver, counted: CountingField):
-        self.inner, self.counted = inner, counted
-        self.follows_flow = inner.follows_flow  # relax's stability check: as the inner solver
-
-    def init(self, F: FieldFn, z0: Tensor) -> SolverState:
-        return self.inner.init(F, z0)
-
-    def step(self, F: FieldFn, state: SolverState) -> SolverState:
-        if self.counted.calls >= self.counted.budget:
-            return replace(state, f=torch.full_like(state.f, float("nan")))
-        return self.inner.step(F, state)
-
-
-def stiff_field(dim: int, b_max: float, B: int, seed: int, dtype: torch.dtype) -> Field:
-    """``F(z) = A (z - z*)``: ``dim/2`` rotating modes ``-a_k ± i b_k`` (``a_k`` in [0.1, 1],
-    ``b_k`` log-spaced up to ``b_max``), mixed by a random orthogonal basis; ``z*`` random."""
-    g = torch.Generator().manual_seed(seed)
-    k = dim // 2
-    a = -torch.linspace(1.0, 0.1, k, dtype=torch.float64)
-    b = torch.logspace(0, math.log10(b_max), k, dtype=torch.float64)
-    D = torch.zeros(dim, dim, dtype=torch.float64)
-    for i in range(k):
-        D[2 * i:2 * i + 2, 2 * i:2 * i + 2] = torch.tensor([[a[i], -b[i]], [b[i], a[i]]])
-    Q, _ = torch.linalg.qr(torch.randn(dim, dim, generator=g, dtype=torch.float64))
-    A = (Q @ D @ Q.T).to(dtype)
-    z_fix = torch.randn(B, dim, generator=g, dtype=torch.float64).to(dtype) + 2.0
-    return _Linear(A, z_fix)
-
-
-class _Linear(SplitField):
-    def __init__(self, A: Tensor, z_fix: Tensor):
-        self.A, self.z_fix = A, z_fix
-
-    def __call__(self, z: Tensor) -> Tensor:
-        return (z - self.z_fix) @ self.A.T
-
-    def conservative(self, z: Tensor) -> Tensor:  # the leak: IMEX treats it implicitly
-        return -(z - self.z_fix)
-
-    def nonconservative(self, z: Tensor) -> Tensor:
-        return self(z) - self.conservative(z)
-
-
 def _lm_case(cfg: SolverBenchConfig, dtype: torch.dtype,
              trained: bool) -> tuple[Field, Tensor, str]:
     from ..models import EquilibriumLM, ModelConfig
@@ -254,11 +163,11 @@ def _run_ours(spec: str, F: Field, z0: Tensor, cfg: SolverBenchConfig) -> dict:
                       **({"controller": controller} if controller else {}))
     counted = counting(F, cfg.max_nfe)
     t = time.perf_counter()
-    solver = _Budgeted(build_solver(sc), counted)
+    solver = Budgeted(build_solver(sc), counted)
     sol = relax(counted, z0, solver, tol=cfg.tol, max_steps=cfg.max_nfe)
     wall = time.perf_counter() - t
     reached = sol.converged & (sol.nfe <= cfg.max_nfe)
-    # once the budget is spent, _Budgeted ends every sample still relaxing as non-finite
+    # once the budget is spent, Budgeted ends every sample still relaxing as non-finite
     spent = counted.calls >= counted.budget
     cut = ~sol.converged & (sol.status == Status.NONFINITE) & spent
     counts = {k: v for k, v in sol.counts().items() if v and k != "converged"}

@@ -7,7 +7,8 @@ from .distributed import DistContext, init_distributed, is_main_process
 from .evaluation import evaluate
 from .generation import Generation, generate
 from .loaded import LoadedRun, load_run, resume_config
-from .loop import Penalty, Tracker, Trainer, TrainSummary, train
+from .loop import Penalty, Tracker, Trainer, TrainSummary
+from .run import train
 
 __all__ = ["DistContext", "EvalConfig", "Generation", "LoadedRun", "OptimConfig", "Penalty",
            "RunConfig", "ScheduleConfig", "Tracker", "TrainConfig", "TrainSummary", "Trainer",

@@ -6,18 +6,19 @@ scalar whose ``backward()`` fills ``.grad``; clip and apply AdamW. A step whose
 relaxation (free or nudged), loss, penalty or gradient is NaN/Inf is skipped (and
 logged), never applied; the wall guard (:mod:`eqprop.train.guard`) watches the free
 relaxations' statuses. Hook points for regularizer penalties and diagnostics
-trackers are marked in :meth:`Trainer.train_step`.
+trackers are marked in :meth:`Trainer.train_step`. The loop over steps is
+:mod:`eqprop.train.run`; what a checkpoint holds of the trainer,
+:mod:`eqprop.train.trainer_state`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from tqdm.auto import tqdm
 
 from ..data import Vocab, load_corpus
 from ..diagnostics.plots import plot_stability_history
-from ..errors import CheckpointError, ConfigError
+from ..errors import ConfigError
 from ..gradients.registry import BACKPROP, build_estimator
 from ..models import EquilibriumLM, LMField, StandardLM, build_model
 from ..solvers import Solution, Status
@@ -40,7 +41,6 @@ from .checkpoint import (
     load_checkpoint,
     model_from_checkpoint,
     run_dir_of,
-    save_checkpoint,
 )
 from .config import TrainConfig
 from .distributed import init_distributed
@@ -49,15 +49,12 @@ from .evaluation import evaluate
 from .generation import generate
 from .guard import WallGuard
 from .hooks import ConfigHooks
-from .interrupt import StopSignals, TrainingInterrupted
-from .metrics import format_progress
 from .plots import plot_metrics
 from .rundir import (
     CONFIG_FILE,
     METRICS_FILE,
     PLOTS_DIR,
     SAMPLES_FILE,
-    SUMMARY_FILE,
     RunLock,
     new_run_dir,
     open_run_dir,
@@ -66,14 +63,11 @@ from .sanity import suspicious_settings
 from .schedule import lr_at
 from .stability import StabilityController
 from .summary import TrainSummary, summarize
+from .trainer_state import restore_trainer, save_trainer
 from .update_filter import UpdateFilter
 
-__all__ = ["Penalty", "Tracker", "TrainSummary", "Trainer", "resolve_device", "train"]
+__all__ = ["Penalty", "Tracker", "TrainSummary", "Trainer", "resolve_device"]
 
-#: skipped steps announced one by one on stderr; later ones are only counted
-NONFINITE_SHOWN = 3
-#: the events of a skipped update (non-finite values; the update filter's rejection)
-SKIP_EVENTS = ("nonfinite", "rejected")
 #: ``penalty(field, z_star, sol) -> scalar`` added to the surrogate (e.g. jacreg)
 Penalty = Callable[[LMField, Tensor, Solution], Tensor]
 #: ``tracker(model, field, z_star, step) -> {name: float}`` merged into the metrics record
@@ -167,7 +161,7 @@ class Trainer:
         self.optimizer = self._make_optimizer()
         self.ckpt_step: int | None = None  # the step of the newest checkpoint on disk
         if ck is not None:
-            self._restore(ck)
+            restore_trainer(self, ck)
             self.run_dir, self.ckpt_step = ck.run_dir, ck.step
         elif resume is not None:  # stopped before its first checkpoint: from step 0
             self.run_dir = run_dir_of(resume)
@@ -217,36 +211,6 @@ class Trainer:
         # the fused kernel on CUDA: one launch for every parameter
         return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2),
                                  fused=self.device.type == "cuda")
-
-    def _rng_state(self) -> dict[str, Any]:
-        rng: dict[str, Any] = {"torch": torch.get_rng_state(), "data": self.data_gen.get_state()}
-        if self.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state_all()
-        return rng
-
-    def _restore(self, ck) -> None:
-        try:
-            self.optimizer.load_state_dict(ck.state["optimizer"])
-            rng = self.dist.local_rng(ck.state["rng"], self.cfg.run.seed, ck.step)
-            torch.set_rng_state(rng["torch"])
-            self.data_gen.set_state(rng["data"])
-            if self.device.type == "cuda" and "cuda" in rng:
-                torch.cuda.set_rng_state_all(rng["cuda"])
-            extra = ck.state.get("extra", {})
-        except (KeyError, ValueError, RuntimeError, TypeError) as e:
-            raise CheckpointError(f"checkpoint of {str(ck.run_dir)!r} cannot be resumed: "
-                                  f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
-                                  ) from None
-        self.step = ck.step
-        self.skipped = int(extra.get("skipped", 0))
-        self.elapsed = float(extra.get("elapsed", 0.0))
-        self.hooks.load_state_dict(extra.get("hooks", {}))
-        self.guard.load_state_dict(extra.get("guard", {}), self)
-        self.update_filter.load_state_dict(extra.get("update_filter", {}))
-        if self.ema is not None and "ema" in extra:
-            self.ema.load_state_dict(extra["ema"])
-        if self.stability is not None and "stability" in extra:
-            self.stability.load_state_dict(extra["stability"])
 
     # -- one step ------------------------------------------------------------
     def free_relaxation(self) -> Relaxation:
@@ -380,35 +344,9 @@ class Trainer:
         return self.ema.swapped() if self.ema is not None else contextlib.nullcontext()
 
     def checkpoint(self) -> None:
-        """Save a checkpoint now (refused, and logged, if a weight is non-finite)."""
-        rng = self.dist.gather_rng(self._rng_state())  # every rank's streams
-        if not self.dist.is_main:
-            self.ckpt_step = self.step
-            return
-        try:
-            save_checkpoint(self.run_dir, model=self.model, optimizer=self.optimizer,
-                            step=self.step, vocab=self.corpus.vocab, config=self.cfg,
-                            rng=rng,
-                            extra={"skipped": self.skipped, "elapsed": self.elapsed,
-                                   "hooks": self.hooks.state_dict(),
-                                   "guard": self.guard.state_dict(),
-                                   "update_filter": self.update_filter.state_dict(),
-                                   "data_sha256": self.data_sha256, **self._extra_state()})
-            self.ckpt_step = self.step
-        except CheckpointError as e:
-            self.metrics.append({"step": self.step, "event": "checkpoint_refused",
-                                 "detail": str(e)})
-            self.say(f"warning: {e}")
-
-    def _extra_state(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        if self.ema is not None:
-            if not self.ema.finite():
-                raise CheckpointError("the parameters' moving average is not finite")
-            out["ema"] = self.ema.state_dict()
-        if self.stability is not None:
-            out["stability"] = self.stability.state_dict()
-        return out
+        """Save a checkpoint now (refused, and logged, if a weight is non-finite; see
+        :func:`~eqprop.train.trainer_state.save_trainer`)."""
+        save_trainer(self)
 
     def plot(self) -> None:
         """Redraw the PNG plots from ``metrics.jsonl``."""
@@ -448,122 +386,15 @@ class Trainer:
                 checkpointed first (a second signal stops at once), the message says the
                 step a resume restarts from.
         """
+        from .run import run_to_end  # the loop over steps, periodic work and signals
+
         try:
-            return self._run()
+            return run_to_end(self)
         finally:
             self.close()  # the run directory is free for the next process (or trainer)
-
-    def _run(self) -> TrainSummary:
-        cfg, steps = self.cfg, self.cfg.schedule.steps
-        show = cfg.run.progress and self.dist.is_main
-        if show:
-            tqdm.write(f"eqprop train: run directory {self.run_dir}"
-                       f"{self.dist.describe(cfg.data.batch_size)}", file=sys.stderr)
-        bar = self._bar = tqdm(total=steps, initial=self.step, disable=not show,
-                               dynamic_ncols=True, desc=self.run_dir.name, file=sys.stderr)
-        plotted, nonfinite_shown = -1, 0
-        try:
-            with StopSignals() as stop:
-                while self.step < steps and not self.guard.stopped:
-                    t0 = time.perf_counter()
-                    tokens, targets = self.corpus.get_batch("train", cfg.data.batch_size,
-                                                            cfg.model.seq_len, self.data_gen)
-                    record = self.train_step(tokens.to(self.device), targets.to(self.device))
-                    events = self.guard.update(self, record)  # skip events; may stop, escalate
-                    s, last = self.step, self.step == steps or self.guard.stopped
-                    do_eval = last or (cfg.eval.every > 0 and s % cfg.eval.every == 0)
-                    if do_eval:
-                        record.update(self.validate())
-                    self.elapsed += time.perf_counter() - t0
-                    record["time"] = self.elapsed
-                    if do_eval or s % cfg.run.log_every == 0 or record.get("skipped"):
-                        self.metrics.append(record)
-                    events += self.events
-                    self.events = []
-                    for event in events:
-                        self.metrics.append(event)
-                        skip = event["event"] in SKIP_EVENTS
-                        nonfinite_shown += skip
-                        if not skip or nonfinite_shown <= NONFINITE_SHOWN:
-                            self.say(f"{event['event']} at step {s}: {event['detail']}")
-                        if skip and nonfinite_shown == NONFINITE_SHOWN:
-                            self.say("further skipped steps are only counted (metrics.jsonl, "
-                                     "the summary)")
-                    bar.set_postfix_str(format_progress(record), refresh=False)
-                    bar.update(1)
-                    if last or (cfg.run.ckpt_every > 0 and s % cfg.run.ckpt_every == 0):
-                        self.checkpoint()
-                    if do_eval:
-                        self.plot()
-                        plotted = self.step
-                    # a signal stops at this step boundary (on every rank alike)
-                    if not self.dist.all_true(stop.signum is None):
-                        self._stop(stop, bar)
-        except KeyboardInterrupt as e:
-            if isinstance(e, TrainingInterrupted):
-                raise
-            bar.close()  # a second Ctrl-C, in the middle of a step: nothing is saved
-            raise TrainingInterrupted(2, self._interrupted("Ctrl-C (SIGINT), during a step"
-                                                           )) from None
-        finally:
-            bar.close()
-            self._bar = None
-        if not self.val_last:  # resumed at the end: nothing was validated in this process
-            self.validate()
-        if plotted != self.step:
-            self.plot()
-        self.write_sample()
-        summary = self.summary()
-        if self.dist.is_main:
-            (self.run_dir / SUMMARY_FILE).write_text(
-                json.dumps({k: (str(v) if isinstance(v, Path) else v)
-                            for k, v in asdict(summary).items()}, indent=2) + "\n")
-            for warning in summary.warnings():
-                self.say(f"warning: {warning}")
-        return summary
-
-    def _stop(self, stop: StopSignals, bar: tqdm) -> None:
-        """End the run at this step boundary after a signal: checkpoint, say, raise."""
-        signum = stop.signum if stop.signum is not None else 15  # another rank's signal
-        if self.ckpt_step != self.step:
-            self.checkpoint()
-        bar.close()
-        raise TrainingInterrupted(signum, self._interrupted(stop.name or "a signal"))
-
-    def _interrupted(self, how: str) -> str:
-        """Say, in one line, where the run stopped and how to continue it; returns it."""
-        at = self.ckpt_step or 0
-        saved = "checkpoint saved" if self.ckpt_step == self.step else (
-            f"last checkpoint at step {at}" if self.ckpt_step else "no checkpoint yet")
-        text = (f"interrupted by {how} at step {self.step} ({saved}); continue from step {at} "
-                f"with: eqprop train --resume {self.run_dir}")
-        self.say(text)
-        return text
 
     def summary(self) -> TrainSummary:
         """Summary from the metrics written so far (see :func:`~eqprop.train.summary.summarize`)."""
         return summarize(self.metrics.read(), run_dir=self.run_dir, steps=self.step,
                          skipped=self.skipped, val=self.val_last, unigram=self.unigram,
                          wall_time=self.elapsed, guard=self.guard, relaxation=not self.backprop)
-
-
-def train(cfg: TrainConfig, *, resume: str | Path | None = None, penalty: Penalty | None = None,
-          trackers: Sequence[Tracker] = ()) -> TrainSummary:
-    """Train an equilibrium LM; everything is written into a new run directory.
-
-    Args:
-        cfg: the resolved config.
-        resume: continue this run directory exactly from its newest checkpoint
-            (``cfg`` should be its saved config; see :func:`eqprop.train.resume_config`).
-        penalty: optional ``penalty(field, z_star, sol) -> scalar`` added to the surrogate.
-        trackers: optional ``tracker(model, field, z_star, step) -> dict`` diagnostics.
-
-    Returns:
-        A :class:`TrainSummary`.
-    """
-    trainer = Trainer(cfg, resume=resume, penalty=penalty, trackers=trackers)
-    try:
-        return trainer.run()
-    finally:
-        trainer.close()
-        trainer.dist.close()  # under torchrun: end the process group this run started
