@@ -31,6 +31,11 @@ def _same(a, b, atol: float) -> None:
     assert torch.equal(a.steps, b.steps)
     assert torch.equal(a.nfe, b.nfe)
     assert torch.equal(a.status, b.status)
+    assert (a.max_real is None) == (b.max_real is None)
+    if a.max_real is not None:  # the stability check: captured Arnoldi = eager Arnoldi
+        torch.testing.assert_close(a.max_real, b.max_real, atol=1e-4, rtol=1e-4,
+                                   equal_nan=True)
+        assert torch.equal(a.stable, b.stable)
 
 
 @pytest.mark.usefixtures("one_thread")

@@ -172,6 +172,27 @@ def test_leading_real_per_sample_matches_dense_eigvals():
     assert est.evals == 1 + 5  # F(z), then n = 5 < KRYLOV_DIM steps: the whole space
 
 
+def test_check_from_recorded_arnoldi_steps_equals_the_direct_check():
+    """The captured path (Arnoldi on the device, Ritz values on the host) gives the same
+    verdict as the direct check, on planted per-sample spectra with Re μ > 0."""
+    from eqprop.solvers.base import Solution
+    from eqprop.solvers.stability import arnoldi, check_relaxation, probe
+
+    A = torch.stack([planted_matrix(m, seed=i) for i, m in enumerate([
+        (complex(0.1, 1.0), -2.0, -3.0, -4.0), (-0.01, -40.0, -0.5, complex(-5.0, 3.0))])])
+    F = BatchLinear(A, torch.randn(2, 5, dtype=torch.float64))
+    z = F.c + 0.1
+    f = F(z)
+    one = torch.ones(2, dtype=torch.long)
+    sol = Solution(z=z, status=torch.full((2,), int(Status.CONVERGED)), steps=one, nfe=one,
+                   residual=f.norm(dim=1), rel_residual=f.norm(dim=1))
+    direct = check_relaxation(F, sol, None, "always", f=f)
+    recorded = check_relaxation(F, sol, None, "always", krylov=arnoldi(F, z, f, probe(z), 5))
+    assert torch.equal(direct.max_real, recorded.max_real)
+    assert recorded.status.tolist() == [int(Status.UNSTABLE), int(Status.CONVERGED)]
+    assert torch.equal(direct.status, recorded.status) and torch.equal(direct.nfe, recorded.nfe)
+
+
 def test_assess_stability_on_a_nudged_lm_field_and_complex_states():
     """The check needs F only: it works on a nudged field (no JVP through its loss
     gradient) and on holomorphic EP's complex states."""

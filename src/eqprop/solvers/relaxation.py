@@ -8,7 +8,10 @@ time it meets a shape and replays them for every later batch of that shape:
 
 - the *prologue*: the field's :meth:`~eqprop.fields.Field.refresh` (e.g. the nudged
   field's linearisation at z*) and the loop's start (``F(z0)``, residuals, masks);
-- the *chunk*: ``check_every`` masked solver steps.
+- the *chunk*: ``check_every`` masked solver steps;
+- the *check* (when the solver's end points are checked for stability): the Arnoldi
+  steps at the end point (:func:`~eqprop.solvers.stability.arnoldi`); only the small
+  Hessenberg matrices come to the host, for their eigenvalues.
 
 Each call copies the new batch's inputs (and ``z0``, ``scale``) into the static
 buffers that the graphs read, replays the prologue, then replays the chunk until
@@ -31,7 +34,7 @@ from ..fields import Field, FieldFn
 from .base import Solution, Solver
 from .criterion import Tolerance
 from .loop import Loop, advance, copy_into, run_loop, start
-from .stability import check_mode, check_relaxation
+from .stability import KRYLOV_DIM, Krylov, arnoldi, check_mode, check_relaxation, checks, probe
 from .status import classify
 
 __all__ = ["Relaxation", "to_solution"]
@@ -66,6 +69,8 @@ class _Replay:
     prologue: torch.cuda.CUDAGraph
     chunk: torch.cuda.CUDAGraph
     stream: torch.cuda.Stream
+    check: torch.cuda.CUDAGraph | None  # the stability check's Arnoldi steps
+    krylov: Krylov | None  # what the check graph leaves
 
 
 def _layout(tensors: list[Tensor | None]) -> tuple:
@@ -158,8 +163,9 @@ class Relaxation:
     def release(self) -> None:
         """Drop every recorded graph and its buffers (their memory returns to the cache)."""
         for r in self._graphs.values():
-            r.prologue.reset()
-            r.chunk.reset()
+            for g in (r.prologue, r.chunk, r.check):
+                if g is not None:
+                    g.reset()
         self._graphs.clear()
 
     # -- the replayed path -----------------------------------------------------------
@@ -195,7 +201,9 @@ class Relaxation:
                 r.chunk.replay()
                 t += self.check_every
             sol = to_solution(r.loop, self._tol, trace, clone=True)
-            sol = check_relaxation(F, sol, self.solver, self.stability, f=r.loop.state.f)
+            if r.check is not None:
+                r.check.replay()
+            sol = check_relaxation(F, sol, self.solver, self.stability, krylov=r.krylov)
         caller.wait_stream(r.stream)
         for v in _tensors(sol):
             v.record_stream(caller)
@@ -231,8 +239,21 @@ class Relaxation:
                                         scale_s))
             finally:
                 chunk.capture_end()
+            check, krylov = None, None
+            if checks(solver, self.stability):
+                z, f = loop.state.z, loop.state.f
+                m, v0 = min(KRYLOV_DIM, z[0].numel()), probe(z)
+                arnoldi(F, z, f, v0, m)  # warm-up
+                stream.synchronize()
+                check = torch.cuda.CUDAGraph()
+                check.capture_begin()
+                try:
+                    krylov = arnoldi(F, z, f, v0, m)
+                finally:
+                    check.capture_end()
         return _Replay(field=F, inputs=list(inputs), z0=z0_s, scale=scale_s, loop=loop,
-                       prologue=prologue, chunk=chunk, stream=stream)
+                       prologue=prologue, chunk=chunk, stream=stream, check=check,
+                       krylov=krylov)
 
 
 def _tensors(sol: Solution) -> list[Any]:

@@ -40,8 +40,9 @@ from ..fields import FieldFn, evals_per_call
 from .base import Solution, Solver, sample_norm
 from .status import Status
 
-__all__ = ["KRYLOV_DIM", "MODES", "StabilityEstimate", "assess_stability", "check_mode",
-           "check_relaxation", "leading_real"]
+__all__ = ["KRYLOV_DIM", "MODES", "Krylov", "StabilityEstimate", "arnoldi", "assess_stability",
+           "check_mask", "check_mode", "check_relaxation", "checks", "leading_real", "probe",
+           "ritz"]
 
 #: when relax checks stability: root finders' converged samples, every sample, never
 MODES = ("auto", "always", "never")
@@ -98,35 +99,46 @@ def leading_real(F: FieldFn, z: Tensor, f: Tensor | None = None, *,
         return _leading_real(F, z, f, m)
 
 
-def _leading_real(F: FieldFn, z: Tensor, f: Tensor | None, m: int) -> StabilityEstimate:
-    shape, B = z.shape, z.shape[0]
-    zf = _flat(z)  # (B, N)
-    evals = 0
-    if f is None or f.dtype != z.dtype:
-        f, evals = F(z), 1
-    ff = _flat(f)  # (B, N)
-    N = zf.shape[1]
-    m = min(m, N)
+def probe(z: Tensor) -> Tensor:
+    """The Arnoldi start vector for a state like ``z`` ``(B, ...)``: ``(B, N)`` unit rows,
+    the same every time (reproducible), drawn where the state lives."""
+    zf = _flat(z)
+    B, N = zf.shape
     rdt = zf.real.dtype
-    ulp = torch.finfo(rdt).eps
-    tiny = torch.finfo(rdt).tiny
-    delta = math.sqrt(ulp) * sample_norm(zf).clamp_min(1.0)  # (B,)
-    # the same probe every time (reproducible), drawn where the state lives
     gen = torch.Generator(device=zf.device).manual_seed(0)
     v = torch.randn(B, N, generator=gen, dtype=rdt, device=zf.device)
     if zf.is_complex():
         v = torch.complex(v, torch.randn(B, N, generator=gen, dtype=rdt, device=zf.device))
     v = v.to(zf.dtype)
-    v = v / sample_norm(v)[:, None]
+    return v / sample_norm(v)[:, None]
+
+
+class Krylov:
+    """What ``m`` Arnoldi steps leave on the device: the Hessenberg matrix ``H``
+    ``(B, m+1, m)`` (float64 or complex128) and the valid columns per sample ``k`` ``(B,)``."""
+
+    def __init__(self, H: Tensor, k: Tensor):
+        self.H, self.k = H, k
+
+
+def arnoldi(F: FieldFn, z: Tensor, f: Tensor, v0: Tensor, m: int) -> Krylov:
+    """``m`` Arnoldi steps on ``J = ∂F/∂z (z)`` from ``v0`` ``(B, N)``, batched, by forward
+    differences; device work only (no host synchronisation: it can be recorded in a CUDA
+    graph). ``f = F(z)``; ``m ≤ N``."""
+    shape = z.shape
+    zf, ff = _flat(z), _flat(f)  # (B, N)
+    B = zf.shape[0]
+    ulp = torch.finfo(zf.real.dtype).eps
+    tiny = torch.finfo(zf.real.dtype).tiny
+    delta = math.sqrt(ulp) * sample_norm(zf).clamp_min(1.0)  # (B,)
     hdt = torch.complex128 if zf.is_complex() else torch.float64
     H = torch.zeros(B, m + 1, m, dtype=hdt, device=zf.device)  # Hessenberg
-    V = torch.zeros(B, m + 1, N, dtype=zf.dtype, device=zf.device)  # the basis, (B, m+1, N)
-    V[:, 0] = v
+    V = torch.zeros(B, m + 1, zf.shape[1], dtype=zf.dtype, device=zf.device)  # (B, m+1, N)
+    V[:, 0] = v0
     alive = torch.ones(B, dtype=torch.bool, device=zf.device)
     k = torch.zeros(B, dtype=torch.long, device=zf.device)  # valid columns per sample
     for j in range(m):
         w = (_flat(F((zf + delta[:, None] * V[:, j]).reshape(shape))) - ff) / delta[:, None]
-        evals += 1
         w = torch.where(alive[:, None], w, torch.zeros_like(w))
         w0 = sample_norm(w)
         for _ in range(2):  # classical Gram–Schmidt, twice (the basis stays orthogonal)
@@ -140,24 +152,43 @@ def _leading_real(F: FieldFn, z: Tensor, f: Tensor | None, m: int) -> StabilityE
         alive = alive & torch.isfinite(hn) & (hn > math.sqrt(ulp) * w0.clamp_min(tiny))
         V[:, j + 1] = torch.where(alive[:, None], w / hn.clamp_min(tiny)[:, None],
                                   torch.zeros_like(w))
+    return Krylov(H, k)
+
+
+def ritz(kr: Krylov, ulp: float, evals: int) -> StabilityEstimate:
+    """The verdict from the Ritz values of ``kr`` (see the module docstring), computed on
+    the CPU (small dense eigenproblems; on CUDA ``torch.linalg.eig`` is far slower) and
+    returned on ``kr``'s device. ``ulp``: the state's unit round-off."""
+    device = kr.H.device
+    H, k = kr.H.cpu(), kr.k.cpu()  # one transfer: (B, m+1, m), (B,)
+    B, m = H.shape[0], H.shape[2]
     finite = torch.isfinite(H.abs().sum((1, 2)))  # (B,)
     H = torch.where(finite[:, None, None], H, torch.zeros_like(H))
-    idx = torch.arange(m, device=zf.device)
+    idx = torch.arange(m)
     valid = idx[None, :] < k[:, None]  # (B, m)
     Hm = torch.where(valid[:, :, None] & valid[:, None, :], H[:, :m, :], torch.zeros_like(H[:, :m]))
     # columns past a sample's basis: a block -C on the diagonal (never the leading value)
     C = 1.0 + 2.0 * Hm.abs().amax((1, 2))  # (B,)
-    Hm = Hm + torch.diag_embed(torch.where(valid, 0.0, -C[:, None]).to(hdt))
+    Hm = Hm + torch.diag_embed(torch.where(valid, 0.0, -C[:, None]).to(Hm.dtype))
     theta, Y = torch.linalg.eig(Hm)  # (B, m), (B, m, m) unit columns
     last = (k - 1).clamp_min(0)  # (B,) index of the last basis column
-    rows = torch.arange(B, device=zf.device)
+    rows = torch.arange(B)
     beta = H[rows, last + 1, last].abs()  # (B,) coupling out of the Krylov space
     resid = beta[:, None] * Y[rows, last, :].abs()  # (B, m) Ritz residuals
     re = theta.real.to(torch.float64)
     margin = 10 * math.sqrt(ulp) * theta.abs().amax(1).clamp_min(1.0)  # (B,)
     unstable = ((re - resid).amax(1) > margin) & finite & (k > 0)
     max_real = torch.where(finite & (k > 0), re.amax(1), torch.full_like(margin, math.nan))
-    return StabilityEstimate(max_real, unstable, evals)
+    return StabilityEstimate(max_real.to(device), unstable.to(device), evals)
+
+
+def _leading_real(F: FieldFn, z: Tensor, f: Tensor | None, m: int) -> StabilityEstimate:
+    evals = 0
+    if f is None or f.dtype != z.dtype:
+        f, evals = F(z), 1
+    m = min(m, _flat(z).shape[1])
+    kr = arnoldi(F, z, f, probe(z), m)
+    return ritz(kr, torch.finfo(z.real.dtype).eps, evals + m)
 
 
 def _apply(F: FieldFn, sol: Solution, est: StabilityEstimate, mask: Tensor) -> Solution:
@@ -170,8 +201,23 @@ def _apply(F: FieldFn, sol: Solution, est: StabilityEstimate, mask: Tensor) -> S
                    stable=mask & ~est.unstable & torch.isfinite(est.max_real))
 
 
+def checks(solver: Solver | None, mode: str) -> bool:
+    """Whether :func:`check_relaxation` measures anything for this solver and mode."""
+    check_mode(mode)
+    return not (mode == "never" or (mode == "auto" and solver is not None
+                                    and solver.follows_flow))
+
+
+def check_mask(sol: Solution, mode: str) -> Tensor:
+    """The samples a check in ``mode`` applies to ``(B,)``: converged ones (auto), finite
+    ones (always)."""
+    if mode == "auto":
+        return sol.status == Status.CONVERGED
+    return torch.isfinite(_flat(sol.z)).all(1)
+
+
 def check_relaxation(F: FieldFn, sol: Solution, solver: Solver | None, mode: str = "auto",
-                     f: Tensor | None = None) -> Solution:
+                     f: Tensor | None = None, krylov: Krylov | None = None) -> Solution:
     """The stability check of :func:`~eqprop.solvers.base.relax` (see the module docstring).
 
     Args:
@@ -180,21 +226,26 @@ def check_relaxation(F: FieldFn, sol: Solution, solver: Solver | None, mode: str
         solver: the solver that produced it (``follows_flow`` decides ``"auto"``).
         mode: one of ``MODES``.
         f: ``F(sol.z)`` if known.
+        krylov: the Arnoldi steps at ``sol.z`` if already taken (e.g. replayed from a
+            CUDA graph by :class:`~eqprop.solvers.relaxation.Relaxation`).
 
     Returns:
         ``sol`` with ``max_real`` and ``stable`` filled where measured, converged samples
         on an unstable point marked ``unstable``, and the evaluations charged to ``nfe``.
     """
-    check_mode(mode)
-    if mode == "never" or (mode == "auto" and solver is not None and solver.follows_flow):
+    if not checks(solver, mode):
         return sol
     B = sol.z.shape[0]
-    finite = torch.isfinite(_flat(sol.z)).all(1)
-    mask = (sol.status == Status.CONVERGED) if mode == "auto" else finite
-    if not bool(mask.any()):  # nothing to measure (e.g. every sample non-finite)
-        nan = torch.full((B,), math.nan, dtype=torch.float64, device=sol.z.device)
-        return replace(sol, max_real=nan, stable=torch.zeros_like(mask))
-    return _apply(F, sol, leading_real(F, sol.z, f), mask.reshape(B))
+    mask = check_mask(sol, mode)
+    if krylov is not None:
+        m = krylov.H.shape[2]
+        est = ritz(krylov, torch.finfo(sol.z.real.dtype).eps, m)
+    else:
+        if not bool(mask.any()):  # nothing to measure (e.g. every sample non-finite)
+            nan = torch.full((B,), math.nan, dtype=torch.float64, device=sol.z.device)
+            return replace(sol, max_real=nan, stable=torch.zeros_like(mask))
+        est = leading_real(F, sol.z, f)
+    return _apply(F, sol, est, mask.reshape(B))
 
 
 def assess_stability(F: FieldFn, sol: Solution) -> Solution:
