@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from ..errors import ConfigError
 from .adaptive import AdaptiveWeight
+from .abscissa import Abscissa
 from .base import Regularizer
 from .homeostasis import Homeostasis
 from .jacreg import JacReg
@@ -40,12 +41,14 @@ class RegularizerConfig:
     """Which Jacobian penalty is added to the training loss, and how strongly.
 
     Args:
-        name: one of ``REGULARIZERS``: none (default), jacreg, homeostasis.
+        name: one of ``REGULARIZERS``: none (default), jacreg, homeostasis, abscissa
+            (a hinge on the leading eigenvalue's real part, :class:`Abscissa`).
         weight: the fixed weight, or the adaptive weight's starting value.
         adaptive: let the weight follow the relaxation health (see :class:`AdaptiveWeight`).
         n_probes: Gaussian probes per sample and step.
         samples: evaluate the penalty on this many samples of each batch (0: all).
         adapt: the adaptive weight's knobs (used when ``adaptive``).
+        margin: abscissa only: the penalty is 0 while the leading ``Re μ < -margin``.
     """
 
     name: str = "none"
@@ -54,6 +57,7 @@ class RegularizerConfig:
     n_probes: int = 1
     samples: int = 0
     adapt: AdaptiveConfig = field(default_factory=AdaptiveConfig)
+    margin: float = 0.1
 
     def __post_init__(self) -> None:
         if self.name not in REGULARIZERS:
@@ -93,6 +97,8 @@ REGULARIZERS: dict[str, Callable[[RegularizerConfig], Regularizer | None]] = {
                                adaptive=c.weight_controller(), samples=c.samples),
     "homeostasis": lambda c: Homeostasis(weight=c.weight, n_probes=c.n_probes,
                                          adaptive=c.weight_controller(), samples=c.samples),
+    "abscissa": lambda c: Abscissa(weight=c.weight, adaptive=c.weight_controller(),
+                                   samples=c.samples, margin=c.margin),
 }
 
 

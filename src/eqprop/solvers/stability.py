@@ -41,7 +41,7 @@ from .base import Solution, Solver, sample_norm
 from .status import Status
 
 __all__ = ["KRYLOV_DIM", "MODES", "Krylov", "StabilityEstimate", "arnoldi", "assess_stability",
-           "check_mask", "check_mode", "check_relaxation", "checks", "leading_real", "probe",
+           "check_mask", "check_mode", "check_relaxation", "checks", "leading_mode", "leading_real", "probe",
            "ritz"]
 
 #: when relax checks stability: root finders' converged samples, every sample, never
@@ -115,10 +115,11 @@ def probe(z: Tensor) -> Tensor:
 
 class Krylov:
     """What ``m`` Arnoldi steps leave on the device: the Hessenberg matrix ``H``
-    ``(B, m+1, m)`` (float64 or complex128) and the valid columns per sample ``k`` ``(B,)``."""
+    ``(B, m+1, m)`` (float64 or complex128), the valid columns per sample ``k`` ``(B,)``
+    and the orthonormal basis ``V`` ``(B, m+1, N)`` (columns past ``k`` are zero)."""
 
-    def __init__(self, H: Tensor, k: Tensor):
-        self.H, self.k = H, k
+    def __init__(self, H: Tensor, k: Tensor, V: Tensor):
+        self.H, self.k, self.V = H, k, V
 
 
 def arnoldi(F: FieldFn, z: Tensor, f: Tensor, v0: Tensor, m: int) -> Krylov:
@@ -152,14 +153,13 @@ def arnoldi(F: FieldFn, z: Tensor, f: Tensor, v0: Tensor, m: int) -> Krylov:
         alive = alive & torch.isfinite(hn) & (hn > math.sqrt(ulp) * w0.clamp_min(tiny))
         V[:, j + 1] = torch.where(alive[:, None], w / hn.clamp_min(tiny)[:, None],
                                   torch.zeros_like(w))
-    return Krylov(H, k)
+    return Krylov(H, k, V)
 
 
-def ritz(kr: Krylov, ulp: float, evals: int) -> StabilityEstimate:
-    """The verdict from the Ritz values of ``kr`` (see the module docstring), computed on
-    the CPU (small dense eigenproblems; on CUDA ``torch.linalg.eig`` is far slower) and
-    returned on ``kr``'s device. ``ulp``: the state's unit round-off."""
-    device = kr.H.device
+def _ritz_pairs(kr: Krylov) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Ritz values and vectors of ``kr`` on the CPU (small dense eigenproblems; on CUDA
+    ``torch.linalg.eig`` is far slower): ``(theta (B, m), Y (B, m, m), H, k, finite)``,
+    H and k on the CPU."""
     H, k = kr.H.cpu(), kr.k.cpu()  # one transfer: (B, m+1, m), (B,)
     B, m = H.shape[0], H.shape[2]
     finite = torch.isfinite(H.abs().sum((1, 2)))  # (B,)
@@ -171,6 +171,15 @@ def ritz(kr: Krylov, ulp: float, evals: int) -> StabilityEstimate:
     C = 1.0 + 2.0 * Hm.abs().amax((1, 2))  # (B,)
     Hm = Hm + torch.diag_embed(torch.where(valid, 0.0, -C[:, None]).to(Hm.dtype))
     theta, Y = torch.linalg.eig(Hm)  # (B, m), (B, m, m) unit columns
+    return theta, Y, H, k, finite
+
+
+def ritz(kr: Krylov, ulp: float, evals: int) -> StabilityEstimate:
+    """The verdict from the Ritz values of ``kr`` (see the module docstring), returned on
+    ``kr``'s device. ``ulp``: the state's unit round-off."""
+    device = kr.H.device
+    theta, Y, H, k, finite = _ritz_pairs(kr)
+    B = H.shape[0]
     last = (k - 1).clamp_min(0)  # (B,) index of the last basis column
     rows = torch.arange(B)
     beta = H[rows, last + 1, last].abs()  # (B,) coupling out of the Krylov space
@@ -180,6 +189,33 @@ def ritz(kr: Krylov, ulp: float, evals: int) -> StabilityEstimate:
     unstable = ((re - resid).amax(1) > margin) & finite & (k > 0)
     max_real = torch.where(finite & (k > 0), re.amax(1), torch.full_like(margin, math.nan))
     return StabilityEstimate(max_real.to(device), unstable.to(device), evals)
+
+
+def leading_mode(F: FieldFn, z: Tensor, m: int = KRYLOV_DIM) -> tuple[Tensor, Tensor]:
+    """The rightmost Ritz pair of ``J = ∂F/∂z (z)`` per sample, from ``m`` Arnoldi steps.
+
+    Args:
+        F: batched real field.
+        z: the point ``(B, ...)``, real.
+        m: Krylov dimension (capped at the number of unknowns).
+
+    Returns:
+        ``(theta, y)``: the Ritz value with the largest real part ``(B,)`` (complex128) and
+        its Ritz vector ``(B, ...)`` (complex, unit norm per sample), on ``z``'s device.
+    """
+    with torch.no_grad(), torch.autocast(z.device.type, enabled=False):
+        m = min(m, _flat(z).shape[1])
+        kr = arnoldi(F, z, F(z), probe(z), m)
+        theta, Y, *_ = _ritz_pairs(kr)
+        # columns past a sample's basis carry -C (never the rightmost)
+        lead = theta.real.argmax(1)  # (B,)
+        rows = torch.arange(theta.shape[0])
+        y_coef = Y[rows, :, lead].to(kr.V.device)  # (B, m) coordinates in the basis
+        V = kr.V[:, :m]  # (B, m, N)
+        y = torch.einsum("bk,bkn->bn", y_coef.to(torch.complex128), V.to(torch.complex128))
+        y = y / sample_norm(y).clamp_min(torch.finfo(torch.float64).tiny)[:, None]
+        return theta[rows, lead].to(z.device), y.to(torch.complex64 if z.dtype == torch.float32
+                                                     else torch.complex128).reshape(z.shape)
 
 
 def _leading_real(F: FieldFn, z: Tensor, f: Tensor | None, m: int) -> StabilityEstimate:

@@ -299,7 +299,8 @@ class TrainConfig:
         data: corpus and batch size.
         eval: periodic validation.
         run: run directory, seed, device, logging.
-        regularizer: Jacobian penalty (none, jacreg, homeostasis), fixed or adaptive weight.
+        regularizer: Jacobian penalty (none, jacreg, homeostasis, abscissa), fixed or
+            adaptive weight.
         tracking: every how many steps ε_crit and the critical mode are measured (0: never).
         guard: the wall guard (what happens when free relaxations stop converging).
         stability: the stability controller (sets the Jacobian penalty's weight).
@@ -335,5 +336,5 @@ class TrainConfig:
         if self.stability.enabled and (self.regularizer.name == "none"
                                        or self.regularizer.adaptive):
             raise ConfigError("stability.enabled=true sets the Jacobian penalty's weight: "
-                              "choose regularizer.name jacreg or homeostasis with a fixed "
+                              "choose regularizer.name jacreg, homeostasis or abscissa with a fixed "
                               "weight (regularizer.adaptive false)")

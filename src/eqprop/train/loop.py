@@ -258,6 +258,8 @@ class Trainer:
         scalars.update({f"nfe.{k}": v.float().mean() for k, v in result.nfe.items()})
         if penalties:
             scalars["penalty"] = sum(p.detach() for p in penalties)
+        if sol.max_real is not None:  # the stability check's leading Re μ over the batch
+            scalars["lead_re"] = sol.max_real.nan_to_num(nan=-math.inf).max()
         host, counts, nudge_phases = _to_host(scalars, sol, nudged)
         nudge_counts = {k: sum(c[k] for c in nudge_phases) for k in counts}
         loss, gn = host["loss"], host["grad_norm"]
@@ -294,6 +296,8 @@ class Trainer:
         }
         if penalties:
             record["penalty"] = host["penalty"]
+        if math.isfinite(host.get("lead_re", math.nan)):
+            record["lead_re"] = host["lead_re"]
         if nudged:
             record["nudge_status"] = nudge_counts
         record = self.dist.reduce_record(record)  # torchrun: the global batch's metrics

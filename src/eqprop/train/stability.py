@@ -37,8 +37,8 @@ class StabilityConfig:
     """Settings of the stability controller (off by default).
 
     Args:
-        enabled: run the controller (needs ``regularizer.name`` jacreg or homeostasis,
-            with a fixed weight: the controller sets it).
+        enabled: run the controller (needs ``regularizer.name`` jacreg, homeostasis or
+            abscissa, with a fixed weight: the controller sets it).
         target_nfe: free-phase NFE per sample the weight is steered towards.
         gain: change of ``log w`` per unit of ``log(NFE / target_nfe)``, per step.
         w_init: starting weight.
