@@ -71,6 +71,7 @@ class _Replay:
     stream: torch.cuda.Stream
     check: torch.cuda.CUDAGraph | None  # the stability check's Arnoldi steps
     krylov: Krylov | None  # what the check graph leaves
+    probe: Tensor | None  # the check's start vector (a buffer the check graph reads)
 
 
 def _layout(tensors: list[Tensor | None]) -> tuple:
@@ -239,7 +240,7 @@ class Relaxation:
                                         scale_s))
             finally:
                 chunk.capture_end()
-            check, krylov = None, None
+            check, krylov, v0 = None, None, None
             if checks(solver, self.stability):
                 z, f = loop.state.z, loop.state.f
                 m, v0 = min(KRYLOV_DIM, z[0].numel()), probe(z)
@@ -253,7 +254,7 @@ class Relaxation:
                     check.capture_end()
         return _Replay(field=F, inputs=list(inputs), z0=z0_s, scale=scale_s, loop=loop,
                        prologue=prologue, chunk=chunk, stream=stream, check=check,
-                       krylov=krylov)
+                       krylov=krylov, probe=v0)
 
 
 def _tensors(sol: Solution) -> list[Any]:
