@@ -13,9 +13,9 @@ past the wall?
 The table gives, per arm: steps reached, train CE (mean of the last 50 logged steps),
 the last validation CE after the reference solve, the smallest converged fraction of
 the free relaxations over the logged steps and the step where it first fell below
-99 %, the largest leading ``Re μ`` measured at z* (the free phase's stability check,
-else the penalty's or the controller's estimate), skipped updates and the penalty
-weight at the end.
+99 % and below 50 % (the wall) with the train CE there, the largest leading ``Re μ``
+measured at z* (the free phase's stability check, else the penalty's or the
+controller's estimate), skipped updates and the penalty weight at the end.
 """
 
 from __future__ import annotations
@@ -39,16 +39,33 @@ def _read(path: Path) -> list[dict]:
     return out
 
 
+def _without_config(args: list[str]) -> list[str]:
+    """``args`` less ``--config FILE`` (a resumed run keeps its saved config)."""
+    out, skip = [], False
+    for x in args:
+        if skip:
+            skip = False
+        elif x == "--config":
+            skip = True
+        elif not x.startswith("--config="):
+            out.append(x)
+    return out
+
+
 def run(a: argparse.Namespace) -> None:
     out = Path(a.out_dir)
     procs = []
     for spec in a.arm:
         name, _, flags = spec.partition("=")
         rd = out / name
-        args = ["--resume", str(rd)] if (rd / "checkpoints").exists() else \
-            ["--run.out-dir", str(out), "--run.name", name]
-        cmd = [sys.executable, "-m", "eqprop", "train", *shlex.split(a.common),
-               *shlex.split(flags), *args, "--run.no-progress"]
+        common = shlex.split(a.common)
+        if (rd / "checkpoints").exists():  # resumed: its saved config, the flags on top
+            args = ["--resume", str(rd)]
+            common = _without_config(common)
+        else:
+            args = ["--run.out-dir", str(out), "--run.name", name]
+        cmd = [sys.executable, "-m", "eqprop", "train", *common, *shlex.split(flags), *args,
+               "--run.no-progress"]
         out.mkdir(parents=True, exist_ok=True)
         log = (out / f"{name}.log").open("a")
         procs.append((name, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)))
@@ -83,6 +100,7 @@ def _summary(name: str, recs: list[dict]) -> dict:
     conv = [(r["step"], r["status"].get("converged", 0) / max(1, sum(r["status"].values())))
             for r in steps if r.get("status")]
     first_bad = next((s for s, f in conv if f < 0.99), None)
+    half = next((s for s, f in conv if f < 0.5), None)  # the wall: most samples fail
     vals = [r for r in steps if r.get("val_ce_ref") is not None]
     res = [_lead(r) for r in steps if _lead(r) is not None]
     tail = [r["train_ce"] for r in steps[-50:] if r.get("train_ce") is not None]
@@ -92,6 +110,8 @@ def _summary(name: str, recs: list[dict]) -> dict:
             "val_step": vals[-1]["step"] if vals else None,
             "min_conv": min((f for _, f in conv), default=float("nan")),
             "first_below_99": first_bad,
+            "first_below_50": half,
+            "ce_at_wall": next((r["train_ce"] for r in steps if r["step"] == half), float("nan")),
             "max_re": max(res, default=float("nan")),
             "skipped": sum(1 for r in steps if r.get("skipped")),
             "weight": next((r["reg_weight"] for r in reversed(steps) if "reg_weight" in r),
@@ -131,12 +151,13 @@ def report(a: argparse.Namespace) -> None:
     png = out.with_suffix(".png") if out.suffix == ".md" else out.parent / "arms.png"
     fig.savefig(png, dpi=110)
     lines = ["| arm | steps | train CE (last 50 logged) | val CE ref (step) | min converged | "
-             "first < 99 % | max Re μ | skipped | weight at end | kicks |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "first < 99 % | first < 50 % (train CE there) | max Re μ | skipped | weight at end | "
+             "kicks |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['arm']} | {r['steps']} | {r['train_ce']:.3f} | "
                      f"{r['val_ce_ref']:.3f} ({r['val_step']}) | {r['min_conv']:.0%} | "
-                     f"{r['first_below_99']} | {r['max_re']:+.3f} | {r['skipped']} | "
+                     f"{r['first_below_99']} | {r['first_below_50']} ({r['ce_at_wall']:.2f}) | "
+                     f"{r['max_re']:+.3f} | {r['skipped']} | "
                      f"{r['weight']:.3g} | {r['kicks']} |")
     text = "\n".join(lines) + "\n"
     if a.append_to:

@@ -7,8 +7,9 @@ For one training batch (B 64) of each run's newest checkpoint, relaxes the free 
 from the input drive with
 
 - Anderson with the run's own settings (its budget),
-- Anderson with ten times that budget,
-- explicit Euler ε 0.2 for up to 5000 steps (a faithful emulation of the flow),
+- Anderson with ten times that budget, and with ε 0.1 and 0.02 (below ε_crit of a
+  stiff rotating mode, where the map it accelerates contracts),
+- adaptive Euler (the Heun PI controller) and explicit Euler ε 0.2, up to 5000 steps,
 - the continuous-time reference (:class:`~eqprop.solvers.ode.ODE`, dopri5) on 8
   samples: the settling time of the flow, the hardware's answer,
 
@@ -30,7 +31,7 @@ import torch
 
 from eqprop.data import load_corpus
 from eqprop.diagnostics import spectrum
-from eqprop.solvers import Anderson, Euler, relax
+from eqprop.solvers import AdaptiveEuler, Anderson, Euler, relax
 from eqprop.solvers.ode import ODE, settling_time
 from eqprop.solvers.stability import leading_real
 from eqprop.train import load_run
@@ -60,6 +61,11 @@ def probe(run_dir: str, device: str) -> list[str]:
              sc.max_steps, 4),
             (f"anderson ε {sc.eps}, {10 * sc.max_steps} steps", Anderson(eps=sc.eps),
              10 * sc.max_steps, 16),
+            (f"anderson ε 0.1, {10 * sc.max_steps} steps", Anderson(eps=0.1),
+             10 * sc.max_steps, 16),
+            (f"anderson ε 0.02, {10 * sc.max_steps} steps", Anderson(eps=0.02),
+             10 * sc.max_steps, 16),
+            ("adaptive Euler (Heun PI), 5000 steps", AdaptiveEuler(), 5000, 50),
             ("euler ε 0.2, 5000 steps", Euler(0.2), 5000, 50)):
         t = time.perf_counter()
         sol = relax(field, z0, solver, tol=sc.tol, max_steps=budget, check_every=k,
@@ -69,8 +75,7 @@ def probe(run_dir: str, device: str) -> list[str]:
     sub = field.head(8)
     t_settle, ode_sol = settling_time(sub, z0[:8], ODE(tol=sc.tol, max_nfe=20_000))
     finite = t_settle[torch.isfinite(t_settle)]
-    lines.append(_row("ODE (dopri5), 8 samples", ode_sol, time.perf_counter() - t)
-                 + "")
+    lines.append(_row("ODE (dopri5), 8 samples", ode_sol, time.perf_counter() - t))
     lines += ["", f"ODE settling time, 8 samples: {finite.numel()}/8 settled"
               + (f", median t = {float(finite.median()):.1f}" if finite.numel() else ""), ""]
     z = sol.z
