@@ -14,6 +14,7 @@ from eqprop.solvers import (
     ODE,
     SER,
     SOLVERS,
+    AdaptiveConfig,
     AdaptiveEuler,
     Anderson,
     Euler,
@@ -311,7 +312,7 @@ def test_unknown_names_list_the_valid_ones():
     with pytest.raises(ConfigError, match="allowed values are euler, adaptive"):
         SolverConfig(name="rk4")
     with pytest.raises(ConfigError, match="overshoot"):
-        SolverConfig(name="adaptive", controller="pid")
+        AdaptiveConfig(controller="pid")
 
 
 @pytest.mark.parametrize("make", [
@@ -320,7 +321,8 @@ def test_unknown_names_list_the_valid_ones():
     lambda: ODE(method="euler"), lambda: AdaptiveEuler(controller="pi"),
     lambda: Overshoot(eps_min=1.0, eps_max=0.1), lambda: HeunPI(safety=1.5),
     lambda: SER(factor_max=0.5), lambda: StepDoubling(rtol=0.0),
-    lambda: SolverConfig(eps_min=2.0, eps_max=1.0),
+    lambda: AdaptiveConfig(eps_min=2.0, eps_max=1.0),
+    lambda: AdaptiveConfig(controller="overshoot", rtol=0.1),
 ])
 def test_bad_settings_raise_config_error_naming_the_value(make):
     with pytest.raises(ConfigError) as e:

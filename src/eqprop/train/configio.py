@@ -2,7 +2,10 @@
 
 Precedence (lowest to highest): the dataclass defaults, the ``--config`` file,
 the command-line flags. A partial file is fine: missing settings keep their
-defaults. Unknown names are errors that list the allowed ones.
+defaults. Unknown names are errors that list the allowed ones. Solver settings
+in the flat format of configs written before the per-solver sections
+(``solver.eps``, ``solver.anderson_m``) are migrated on the way in
+(:func:`~eqprop.solvers.registry.migrate_flat`), so old runs keep loading.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any, TypeVar
 import yaml
 
 from ..errors import ConfigError
+from ..solvers.registry import SolverConfig, migrate_flat
 from .config import TrainConfig
 
 __all__ = ["CONFIG_SUFFIXES", "apply_overrides", "config_from_dict", "config_to_dict",
@@ -58,6 +62,8 @@ def apply_overrides(base: C, values: dict[str, Any], where: str = "") -> C:
     if not isinstance(values, dict):
         raise ConfigError(f"{where.rstrip('.') or 'config'}: expected a table of settings, "
                           f"got {type(values).__name__}")
+    if isinstance(base, SolverConfig):
+        values = migrate_flat(values)  # a config of the flat format (before issue 17)
     hints = typing.get_type_hints(type(base))
     names = [f.name for f in dataclasses.fields(base)]
     for key in values:
