@@ -1,8 +1,8 @@
 """``eqprop train``: train an equilibrium LM (the main job).
 
 Every flag comes from :class:`~eqprop.train.TrainConfig` (``--model.d-model``,
-``--solver.name``, ``--solver.anderson.m``, ``--estimator.name``, ...). ``--config FILE`` (TOML, YAML or
-JSON) replaces the defaults; ``--resume RUN`` continues a run exactly from its newest
+``--solver.name``, ``--solver.anderson.m``, ``--estimator.name``, ...). ``--config FILE``
+(TOML, YAML or JSON) replaces the defaults; ``--resume RUN`` continues a run exactly from its newest
 checkpoint, with its saved config as the defaults. A flag given on the command line
 always wins over both (:func:`base_args` reads the file or the run before the flags
 are parsed). Exit codes: 0 done, 2 a rejected setting or file (one line on stderr),

@@ -29,6 +29,9 @@ __all__ = ["CONFIG_SUFFIXES", "apply_overrides", "config_from_dict", "config_to_
 
 C = TypeVar("C")
 
+#: settings that configs of earlier versions may hold and that are gone: ignored on load
+REMOVED = ("run.track_every",)  # it paced Python trackers only; each now decides itself
+
 CONFIG_SUFFIXES = (".toml", ".yaml", ".yml", ".json")
 
 
@@ -64,6 +67,8 @@ def apply_overrides(base: C, values: dict[str, Any], where: str = "") -> C:
                           f"got {type(values).__name__}")
     if isinstance(base, SolverConfig):
         values = migrate_flat(values)  # a config of the flat format (before issue 17)
+    if isinstance(base, TrainConfig):
+        values = _without_removed(values)
     hints = typing.get_type_hints(type(base))
     names = [f.name for f in dataclasses.fields(base)]
     for key in values:
@@ -77,6 +82,15 @@ def apply_overrides(base: C, values: dict[str, Any], where: str = "") -> C:
         else:
             changes[key] = _coerce(hints[key], value, f"{where}{key}")
     return dataclasses.replace(base, **changes)
+
+
+def _without_removed(values: dict[str, Any]) -> dict[str, Any]:
+    out = dict(values)
+    for path in REMOVED:
+        section, name = path.split(".")
+        if isinstance(out.get(section), dict) and name in out[section]:
+            out[section] = {k: v for k, v in out[section].items() if k != name}
+    return out
 
 
 def config_from_dict(d: dict[str, Any]) -> TrainConfig:

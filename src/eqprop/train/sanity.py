@@ -37,7 +37,7 @@ def suspicious_settings(cfg: TrainConfig) -> list[str]:
     if cfg.estimator.name != "backprop":
         for where, s in phases:
             if s.name == "euler" and s.euler.eps >= EULER_EPS_LIMIT:
-                out.append(f"{where}.euler.eps={s.euler.eps:g} ≥ {EULER_EPS_LIMIT:g}: an Euler step "
-                           "(1 - ε) z + ε n(z) no longer shrinks z, so relaxations will "
+                out.append(f"{where}.euler.eps={s.euler.eps:g} ≥ {EULER_EPS_LIMIT:g}: an Euler "
+                           "step (1 - ε) z + ε n(z) no longer shrinks z, so relaxations will "
                            "most likely fail")
     return out
