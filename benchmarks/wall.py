@@ -17,6 +17,7 @@ import torch
 
 from eqprop.diagnostics.plots import plot_stability_history
 from eqprop.diagnostics.tracking import StabilityTracking
+from eqprop.solvers import Euler
 from eqprop.solvers.registry import SolverConfig
 from eqprop.train import TrainConfig, train
 from eqprop.train.metrics import read_metrics
@@ -38,9 +39,9 @@ def main() -> None:
     steps_free = int(30 / a.eps)  # enough Euler steps to contract ~e^-15 on a unit-rate mode
     cfg = replace(
         base,
-        solver=SolverConfig(name="euler", eps=a.eps, tol=1e-4, max_steps=steps_free),
-        estimator=replace(base.estimator, nudge=SolverConfig(name="euler", eps=a.eps, tol=1e-2,
-                                                             max_steps=steps_free // 2)),
+        solver=SolverConfig(name="euler", euler=Euler(a.eps), tol=1e-4, max_steps=steps_free),
+        estimator=replace(base.estimator, nudge=SolverConfig(
+            name="euler", euler=Euler(a.eps), tol=1e-2, max_steps=steps_free // 2)),
         optim=replace(base.optim, lr=a.lr),
         schedule=replace(base.schedule, steps=a.steps, warmup=min(50, a.steps // 10)),
         eval=replace(base.eval, every=max(a.steps // 10, 1)),

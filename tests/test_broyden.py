@@ -245,8 +245,8 @@ def test_step_never_synchronises_with_the_host():
     lambda: Broyden(m=0), lambda: Broyden(m=2.5), lambda: Broyden(m=True),
     lambda: Broyden(eps=0.0), lambda: Broyden(eps=-1.0), lambda: Broyden(eps=math.inf),
     lambda: Broyden(eps=math.nan), lambda: Broyden(restart_growth=0.5),
-    lambda: Broyden(restart_growth=math.nan), lambda: SolverConfig(name="broyden", broyden_m=0),
-    lambda: SolverConfig(name="broyden", broyden_m=3.0),
+    lambda: Broyden(restart_growth=math.nan), lambda: Broyden(m=0),
+    lambda: Broyden(m=3.0),
 ])
 def test_bad_settings_raise_config_error_naming_the_value(make):
     with pytest.raises(ConfigError) as e:
@@ -255,7 +255,8 @@ def test_bad_settings_raise_config_error_naming_the_value(make):
 
 
 def test_registry_builds_broyden_from_the_config():
-    solver = build_solver(SolverConfig(name="broyden", eps=0.3, broyden_m=7, capture=True))
+    solver = build_solver(SolverConfig(name="broyden", broyden=Broyden(m=7, eps=0.3),
+                                       capture=True))
     assert isinstance(solver, Broyden) and solver.m == 7 and solver.eps == 0.3
     F = rotating_field(A_STIFF, B_STIFF, B=2)
     sol = relax(F, start(F), solver, tol=1e-10, max_steps=100)

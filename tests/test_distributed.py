@@ -121,7 +121,7 @@ def _guard_skip(rank: int, ctx) -> list[bool]:
 
 def _resume(rank: int, text_file: str, out: Path) -> None:
     def cfg_in(name: str) -> TrainConfig:
-        c = tiny(text_file, out / "resume", name=name, track_every=1, ckpt_every=2,
+        c = tiny(text_file, out / "resume", name=name, ckpt_every=2,
                  sample_tokens=0)
         return replace(c, regularizer=RegularizerConfig(name="jacreg", weight=0.1, adaptive=True),
                        tracking=StabilityTracking(every=2, samples=1, method="dense"),

@@ -57,7 +57,7 @@ CHOICES = {"model.block": BLOCKS, "estimator.name": ESTIMATORS,
            "regularizer.name": REGULARIZERS, "tracking.method": METHODS,
            "guard.policy": GUARD_POLICIES, "guard.robust_solver": SOLVERS,
            **{f"{s}.name": SOLVERS for s in SOLVER_SECTIONS},
-           **{f"{s}.controller": CONTROLLERS for s in SOLVER_SECTIONS}}
+           **{f"{s}.adaptive.controller": CONTROLLERS for s in SOLVER_SECTIONS}}
 #: knobs validated only where they are used (the adaptive weight, when it is on)
 UNCHECKED = ("regularizer.adapt.",)
 

@@ -12,6 +12,7 @@ import eqprop.train.plots as plots
 from eqprop.cli.main import main
 from eqprop.errors import ConfigError
 from eqprop.regularizers import RegularizerConfig
+from eqprop.solvers import Euler
 from eqprop.train import Trainer, load_run, resume_config, train
 from eqprop.train.checkpoint import load_checkpoint
 from eqprop.train.config import GuardConfig
@@ -29,8 +30,8 @@ def text_file(tmp_path):
 
 def walled(text_file, out, policy, **guard):
     """A tiny run whose free relaxations cycle from the first step (ε = 2.5 > ε_crit)."""
-    cfg = tiny(text_file, out, track_every=1)
-    return replace(cfg, solver=replace(cfg.solver, eps=2.5),
+    cfg = tiny(text_file, out)
+    return replace(cfg, solver=replace(cfg.solver, euler=Euler(eps=2.5)),
                    guard=GuardConfig(policy=policy, window=2, **guard))
 
 
@@ -72,7 +73,7 @@ def test_warn_logs_the_wall_and_goes_on(tmp_path, text_file, monkeypatch):
 def test_stop_ends_the_run_with_exit_code_3(tmp_path, text_file, capsys):
     out = tmp_path / "runs"
     code = main(["train", *TINY, "--schedule.steps", "6", "--data", text_file, "--run.out-dir",
-                 str(out), "--run.name", "s", "--solver.eps", "2.5", "--guard.policy", "stop",
+                 str(out), "--run.name", "s", "--solver.euler.eps", "2.5", "--guard.policy", "stop",
                  "--guard.window", "2"])
     cap = capsys.readouterr()
     assert code == 3
@@ -82,7 +83,7 @@ def test_stop_ends_the_run_with_exit_code_3(tmp_path, text_file, capsys):
     assert load_checkpoint(out / "s").step == 2  # checkpointed at the stop
     assert "val_ce" in steps(out / "s")[-1]  # and validated
     # the user lowers ε and continues: the stop is not carried over
-    assert main(["train", "--resume", str(out / "s"), "--solver.eps", "0.4"]) == 0
+    assert main(["train", "--resume", str(out / "s"), "--solver.euler.eps", "0.4"]) == 0
     assert load_checkpoint(out / "s").step == 6
 
 
@@ -106,12 +107,13 @@ def test_escalate_shrinks_eps_and_resumes_exactly(tmp_path, text_file):
     full = train(walled(text_file, tmp_path / "a", "escalate"))
     (ev,) = events(full.run_dir)
     assert ev["step"] == 2 and ev["action"] == "eps"
-    assert ev["changes"] == {"solver.eps": [2.5, 1.25], "estimator.nudge.eps": [0.5, 0.25]}
+    assert ev["changes"] == {"solver.euler.eps": [2.5, 1.25],
+                            "estimator.nudge.anderson.eps": [0.5, 0.25]}
     after = steps(full.run_dir)[2:]
     # of 16 (0 of 8 before the escalation): below the wall again
     assert sum(r["status"]["converged"] for r in after) >= 12
     assert all(r["guard_fail"] < 0.5 for r in after)
-    assert load_run(full.run_dir).config.solver.eps == 1.25  # config.yaml and checkpoint
+    assert load_run(full.run_dir).config.solver.euler.eps == 1.25  # config.yaml and checkpoint
     assert "eps: 1.25" in (full.run_dir / "config.yaml").read_text()
 
     def interrupt(model, field, z_star, step):
@@ -123,7 +125,7 @@ def test_escalate_shrinks_eps_and_resumes_exactly(tmp_path, text_file):
     with pytest.raises(KeyboardInterrupt):
         train(cfg, trackers=[interrupt])
     (run_b,) = (tmp_path / "b").iterdir()
-    assert resume_config(run_b).solver.eps == 1.25
+    assert resume_config(run_b).solver.euler.eps == 1.25
     train(cfg, resume=run_b)  # the original settings: the guard re-applies its escalation
     assert without_clock(read_metrics(full.run_dir / "metrics.jsonl")) == \
         without_clock(read_metrics(run_b / "metrics.jsonl"))

@@ -115,8 +115,8 @@ def test_loss_is_per_sample_cross_entropy():
     [
         (dict(d_model=30, n_heads=4), r"d_model=30 is not divisible by model.n_heads=4"),
         (dict(block="hopfield"), r"block='hopfield': allowed values are asym, energy"),
-        (dict(n_layers=0), r"n_layers=0: must be a positive integer"),
-        (dict(init_scale=-1.0), r"init_scale=-1.0: must be > 0"),
+        (dict(n_layers=0), r"n_layers=0: must be an integer ≥ 1"),
+        (dict(init_scale=-1.0), r"init_scale=-1.0: must be a finite number > 0"),
     ],
 )
 def test_bad_model_settings_name_the_value(overrides, message):

@@ -42,16 +42,16 @@ def train_cli(text_file: str, out: Path, name: str, *extra: str) -> int:
 
 def test_skipped_updates_are_reported_without_the_progress_bar(tmp_path, text_file, capsys):
     # ε = 1e9: every relaxation blows up, every update is skipped
-    assert train_cli(text_file, tmp_path, "s", "--solver.eps", "1e9") == 4
+    assert train_cli(text_file, tmp_path, "s", "--solver.euler.eps", "1e9") == 4
     err = capsys.readouterr().err.splitlines()
-    assert err[0].startswith("eqprop train: warning: solver.eps=1e+09 ≥ 2: ")
+    assert err[0].startswith("eqprop train: warning: solver.euler.eps=1e+09 ≥ 2: ")
     assert sum(x.startswith("eqprop train: nonfinite at step ") for x in err) == 3
     assert "eqprop train: warning: 3 of 3 updates were skipped (3 non-finite, 0 by the wall "\
            "guard): nothing was learned" in err
 
 
 def test_the_summary_does_not_print_a_ce_it_never_measured(tmp_path, text_file, capsys):
-    train_cli(text_file, tmp_path, "u", "--solver.eps", "1e9")
+    train_cli(text_file, tmp_path, "u", "--solver.euler.eps", "1e9")
     out, err = capsys.readouterr()
     assert "train CE       n/a (no step had a finite free relaxation)" in out
     (val,) = [x for x in out.splitlines() if x.startswith("val CE")]

@@ -9,7 +9,7 @@ import torch
 
 from eqprop.fields import NudgedField
 from eqprop.gradients import AsymEP
-from eqprop.solvers import SOLVERS, Anderson, Euler, NewtonKrylov, SolverConfig, relax
+from eqprop.solvers import Anderson, Euler, NewtonKrylov, SolverConfig, build_solver, relax
 from eqprop.solvers.relaxation import Relaxation
 
 from .conftest import tiny_problem
@@ -88,14 +88,13 @@ def test_static_copy_owns_its_inputs():
 def test_replayed_graphs_match_eager_across_batches_on_gpu(name):
     model, _, _ = tiny_problem("asym", B=4)
     model = model.cuda()
-    make = SOLVERS[name]
-    cap = Relaxation(make(SolverConfig(name=name)), tol=1e-9, max_steps=300, check_every=8,
+    cap = Relaxation(build_solver(SolverConfig(name=name)), tol=1e-9, max_steps=300, check_every=8,
                      capture=True)
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message="Relaxation: CUDA-graph capture failed")
         for field in _batches(model, 3):
             z0 = field.initial_state()
-            eager = relax(field, z0, make(SolverConfig(name=name)), tol=1e-9, max_steps=300)
+            eager = relax(field, z0, build_solver(SolverConfig(name=name)), tol=1e-9, max_steps=300)
             _same(cap.run(field, z0), eager, atol=1e-6)
     assert len(cap._graphs) == 1  # recorded once, replayed for the later batches
 

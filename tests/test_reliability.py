@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from eqprop.cli.main import main
 from eqprop.errors import CheckpointError, DataError
+from eqprop.solvers import Euler
 from eqprop.train import Trainer, load_run, resume_config, train
 from eqprop.train.checkpoint import CKPT_DIR, _sha256, load_checkpoint
 from eqprop.train.metrics import read_metrics
@@ -67,13 +68,15 @@ def text_file(tmp_path):
 # -- bad values on the command line: one line, exit code 2 ------------------------------------
 
 @pytest.mark.parametrize("cmd, args, match", [
-    ("train", ["--estimator.nudge.eps", "0"],
-     "solver eps=0.0: must be a finite number > 0 (from --estimator.nudge.eps 0)"),
+    ("train", ["--estimator.nudge.anderson.eps", "0"],
+     "Anderson(eps=0.0): must be a finite number > 0 (from --estimator.nudge.anderson.eps 0)"),
+    ("train", ["--estimator.nudge.eps", "0"], "--estimator.nudge.eps: solver settings live in "
+     "their solver's section now: use --estimator.nudge.euler.eps or "),
     ("train", ["--optim.lr", "0"], "optim.lr=0.0: must be a number in (0, 10]"),
     ("train", ["--optim.lr", "nan"], "optim.lr=nan"),
     ("train", ["--estimator.beta", "inf"], "estimator.beta=inf: must be a finite number"),
     ("train", ["--model.n-heads", "5"], "not divisible by model.n_heads=5"),
-    ("train", ["--solver.name", "magic"], "solver name='magic': allowed values are euler"),
+    ("train", ["--solver.name", "magic"], "solver.name='magic': allowed values are euler"),
     ("train", ["--guard.policy", "maybe"], "guard.policy='maybe': allowed values are off, warn"),
     ("train", ["--run.name", "a/b"], "run.name='a/b': must be a plain folder name"),
     ("train", ["--run.seed", "-1"], "run.seed=-1: must be an integer in [0, "),
@@ -98,11 +101,11 @@ def test_help_still_works(capsys):
 
 
 def test_a_real_process_prints_one_line_and_no_traceback(tmp_path):
-    p = spawn(["train", "--solver.eps", "-1", "--run.out-dir", str(tmp_path)])
+    p = spawn(["train", "--solver.euler.eps", "-1", "--run.out-dir", str(tmp_path)])
     out, err = p.communicate(timeout=120)
     assert p.returncode == 2 and out == ""
-    assert err.strip() == "eqprop train: error: solver eps=-1.0: must be a finite number > 0 " \
-                          "(from --solver.eps -1)"
+    assert err.strip() == "eqprop train: error: Euler(eps=-1.0): must be a finite number > 0 " \
+                          "(from --solver.euler.eps -1)"
 
 
 # -- data -----------------------------------------------------------------------------------
@@ -249,7 +252,8 @@ def test_nonfinite_gradient_or_penalty_is_skipped(tmp_path, text_file, where, pe
 def test_nonfinite_relaxation_is_skipped_and_never_checkpointed(tmp_path, text_file):
     cfg = tiny(text_file, tmp_path)
     cfg = replace(cfg, model=replace(cfg.model, init_scale=3.0),
-                  solver=replace(cfg.solver, eps=2.5), guard=replace(cfg.guard, policy="off"))
+                  solver=replace(cfg.solver, euler=Euler(eps=2.5)),
+                  guard=replace(cfg.guard, policy="off"))
     t = Trainer(cfg)
     w0 = {k: v.clone() for k, v in t.model.state_dict().items()}
     s = t.run()
@@ -272,7 +276,7 @@ def test_nan_in_the_optimizer_is_never_checkpointed(tmp_path, text_file):
                 st["exp_avg"].fill_(float("nan"))
         return {}
 
-    cfg = tiny(text_file, tmp_path / "runs", track_every=1)
+    cfg = tiny(text_file, tmp_path / "runs")
     trainer = Trainer(replace(cfg, run=replace(cfg.run, ckpt_every=2)), trackers=[poison_at_3])
     s = trainer.run()
     events = [r for r in read_metrics(s.run_dir / "metrics.jsonl") if r.get("event")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -14,6 +15,7 @@ from eqprop.solvers import (
     ODE,
     SER,
     SOLVERS,
+    AdaptiveConfig,
     AdaptiveEuler,
     Anderson,
     Euler,
@@ -21,6 +23,7 @@ from eqprop.solvers import (
     ImplicitEuler,
     NewtonKrylov,
     Overshoot,
+    Solver,
     SolverConfig,
     Status,
     StepDoubling,
@@ -311,7 +314,7 @@ def test_unknown_names_list_the_valid_ones():
     with pytest.raises(ConfigError, match="allowed values are euler, adaptive"):
         SolverConfig(name="rk4")
     with pytest.raises(ConfigError, match="overshoot"):
-        SolverConfig(name="adaptive", controller="pid")
+        AdaptiveConfig(controller="pid")
 
 
 @pytest.mark.parametrize("make", [
@@ -320,7 +323,8 @@ def test_unknown_names_list_the_valid_ones():
     lambda: ODE(method="euler"), lambda: AdaptiveEuler(controller="pi"),
     lambda: Overshoot(eps_min=1.0, eps_max=0.1), lambda: HeunPI(safety=1.5),
     lambda: SER(factor_max=0.5), lambda: StepDoubling(rtol=0.0),
-    lambda: SolverConfig(eps_min=2.0, eps_max=1.0),
+    lambda: AdaptiveConfig(eps_min=2.0, eps_max=1.0),
+    lambda: AdaptiveConfig(controller="overshoot", rtol=0.1),
 ])
 def test_bad_settings_raise_config_error_naming_the_value(make):
     with pytest.raises(ConfigError) as e:
@@ -374,3 +378,24 @@ def test_anderson_runs_under_bf16_autocast():
     start_err = (field.initial_state() - z_ref).norm() / z_ref.norm()
     err = (sol.z - z_ref).norm() / z_ref.norm()
     assert err < 0.04 and start_err > 0.3, (err, start_err)  # z* at bf16 accuracy
+
+
+def test_every_registered_solver_has_its_section():
+    """Adding a solver: its class, a line in SOLVERS and its section of SolverConfig."""
+    cfg = SolverConfig()
+    assert [f.name for f in dataclasses.fields(cfg) if f.name in SOLVERS] == list(SOLVERS)
+    for name, cls in SOLVERS.items():
+        assert isinstance(getattr(cfg, name), cls)
+        assert isinstance(build_solver(dataclasses.replace(cfg, name=name)), Solver)
+
+
+def test_a_toml_section_sets_its_solver(tmp_path):
+    from eqprop.train.configio import config_from_dict, load_config_file
+
+    p = tmp_path / "c.toml"
+    p.write_text('[solver]\nname = "anderson"\n[solver.anderson]\nm = 6\n'
+                 '[estimator.nudge.adaptive]\ncontroller = "doubling"\nrtol = 0.05\n')
+    cfg = config_from_dict(load_config_file(p))
+    assert build_solver(cfg.solver) == Anderson(m=6)
+    nudge = build_solver(dataclasses.replace(cfg.estimator.nudge, name="adaptive"))
+    assert nudge.controller == StepDoubling(rtol=0.05)

@@ -185,7 +185,7 @@ def test_ema_update_and_swap():
 
 
 def _recipe(text_file, out_dir):
-    cfg = tiny(text_file, out_dir, eval_every=3, track_every=1)
+    cfg = tiny(text_file, out_dir, eval_every=3)
     return replace(cfg, optim=replace(cfg.optim, ema_decay=0.5),
                    regularizer=RegularizerConfig(name="jacreg", weight=0.1, samples=2),
                    stability=StabilityConfig(enabled=True, every=2, samples=2, krylov=4,

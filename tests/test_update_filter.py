@@ -9,7 +9,7 @@ import torch
 
 from eqprop.errors import ConfigError
 from eqprop.gradients.registry import EstimatorConfig
-from eqprop.solvers import Solution, Status
+from eqprop.solvers import Solution, SolverConfig, Status
 from eqprop.train import Trainer
 from eqprop.train.update_filter import UpdateFilter
 from tests.test_train import TEXT, tiny
@@ -75,7 +75,8 @@ def test_trainer_skips_and_logs_an_update_from_diverged_nudged_relaxations(tmp_p
     p = tmp_path / "text.txt"
     p.write_text(TEXT, encoding="utf-8")
     cfg = tiny(str(p), tmp_path / "runs")
-    cfg = replace(cfg, estimator=EstimatorConfig(name="holoep", radius=1e4))
+    cfg = replace(cfg, estimator=EstimatorConfig(  # Euler nudges: they blow up out there
+        name="holoep", radius=1e4, nudge=SolverConfig(name="euler", tol=1e-2, max_steps=100)))
     trainer = Trainer(cfg)
     before = [q.detach().clone() for q in trainer.model.parameters()]
     tokens, targets = trainer.corpus.get_batch("train", 4, 8, trainer.data_gen)

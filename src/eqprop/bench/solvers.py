@@ -21,8 +21,9 @@ from torch import Tensor
 from ..errors import ConfigError
 from ..fields import Field
 from ..solvers.base import relax, sample_norm
-from ..solvers.registry import SOLVERS, SolverConfig, build_solver
+from ..solvers.registry import FLAT_SETTINGS, SOLVERS, SolverConfig, build_solver
 from ..solvers.status import Status
+from ..train.configio import apply_overrides
 from .problems import Budgeted, CountingField, counting, stiff_field
 
 __all__ = ["DEFAULT_SOLVERS", "CountingField", "SolverBenchConfig", "bench_solvers",
@@ -117,11 +118,19 @@ def parse_spec(spec: str) -> tuple[str, str | None, float | None]:
         eps_v = float(eps) if eps else None
     except ValueError:
         raise ConfigError(f"bench solver {spec!r}: the part after @ must be a number") from None
-    cfg = dict(name=name)
-    if controller:
-        cfg["controller"] = controller
-    SolverConfig(**cfg)  # validates the controller name
+    _solver_config(name, controller or None, None)  # validates the controller name
     return name, controller or None, eps_v
+
+
+def _solver_config(name: str, controller: str | None, eps: float | None,
+                   tol: float | None = None) -> SolverConfig:
+    """The solver config of a spec: ε goes to the solver's section where it has one."""
+    values: dict = {"name": name} if tol is None else {"name": name, "tol": tol}
+    if eps is not None:
+        values.update({section: {"eps": eps} for section, _ in FLAT_SETTINGS["eps"]})
+    if controller:
+        values.setdefault("adaptive", {})["controller"] = controller
+    return apply_overrides(SolverConfig(), values)
 
 
 def _lm_case(cfg: SolverBenchConfig, dtype: torch.dtype,
@@ -159,8 +168,7 @@ def _lm_case(cfg: SolverBenchConfig, dtype: torch.dtype,
 
 def _run_ours(spec: str, F: Field, z0: Tensor, cfg: SolverBenchConfig) -> dict:
     name, controller, eps = parse_spec(spec)
-    sc = SolverConfig(name=name, eps=cfg.eps if eps is None else eps, tol=cfg.tol,
-                      **({"controller": controller} if controller else {}))
+    sc = _solver_config(name, controller, cfg.eps if eps is None else eps, cfg.tol)
     counted = counting(F, cfg.max_nfe)
     t = time.perf_counter()
     solver = Budgeted(build_solver(sc), counted)

@@ -1,8 +1,8 @@
 """``eqprop train``: train an equilibrium LM (the main job).
 
 Every flag comes from :class:`~eqprop.train.TrainConfig` (``--model.d-model``,
-``--solver.eps``, ``--estimator.name``, ...). ``--config FILE`` (TOML, YAML or
-JSON) replaces the defaults; ``--resume RUN`` continues a run exactly from its newest
+``--solver.name``, ``--solver.anderson.m``, ``--estimator.name``, ...). ``--config FILE``
+(TOML, YAML or JSON) replaces the defaults; ``--resume RUN`` continues a run exactly from its newest
 checkpoint, with its saved config as the defaults. A flag given on the command line
 always wins over both (:func:`base_args` reads the file or the run before the flags
 are parsed). Exit codes: 0 done, 2 a rejected setting or file (one line on stderr),
@@ -22,6 +22,7 @@ from typing import Annotated
 import tyro
 
 from ..errors import ConfigError
+from ..solvers.registry import FLAT_SETTINGS
 from ..train import TrainConfig, resume_config, train
 from ..train.configio import config_from_dict, config_to_dict, flatten, load_config_file
 from ..train.distributed import is_main_process
@@ -30,6 +31,8 @@ __all__ = ["Args", "base_args", "run"]
 
 #: exit code when not a single update was applied
 EXIT_NOTHING_LEARNED = 4
+#: the flag prefixes of TrainConfig's solver configs
+SOLVER_FLAGS = ("--solver.", "--estimator.nudge.", "--eval.reference.")
 #: model settings that a resumed run may change (they do not change its weights)
 RESUMABLE_MODEL_SETTINGS = ("model.fused_attention",)
 
@@ -83,6 +86,7 @@ def base_args(argv: list[str]) -> Args:
     """
     if "-h" in argv or "--help" in argv:
         return Args()
+    _refuse_flat_solver_flags(argv)
     config, resume = _option(argv, "--config"), _option(argv, "--resume")
     if config is not None and resume is not None:
         raise ConfigError("--config and --resume cannot be combined: a resumed run "
@@ -94,6 +98,19 @@ def base_args(argv: list[str]) -> Args:
         return Args(train=config_from_dict(load_config_file(config)), config=config,
                     vocab_flag=vocab)
     return Args(vocab_flag=vocab)
+
+
+def _refuse_flat_solver_flags(argv: list[str]) -> None:
+    """A flag of the flat solver settings (``--solver.eps``) says where it lives now."""
+    for tok in argv:
+        flag = tok.split("=", 1)[0]
+        for prefix in SOLVER_FLAGS:
+            key = flag[len(prefix):].replace("-", "_") if flag.startswith(prefix) else ""
+            if key in FLAT_SETTINGS:
+                new = [f"{prefix}{section}.{setting}".replace("_", "-")
+                       for section, setting in FLAT_SETTINGS[key]]
+                raise ConfigError(f"{flag}: solver settings live in their solver's section now: "
+                                  f"use {' or '.join(new)}")
 
 
 def _given(argv: list[str], flag: str) -> bool:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import ClassVar
 
 import torch
@@ -10,12 +10,11 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from ..fields import FieldFn
-from .base import Solver, SolverState, bcast, sample_norm
-from .controllers import Controller, HeunPI, StepInfo
+from ..validate import choice, positive
+from .base import Solver, SolverSettings, SolverState, bcast, sample_norm
+from .controllers import CONTROLLERS, Controller, HeunPI, memory
 
-__all__ = ["AdaptiveEuler"]
-
-_PREFIX = "ctl."  # controller memory lives in SolverState.aux under this prefix
+__all__ = ["AdaptiveConfig", "AdaptiveEuler"]
 
 
 @dataclass
@@ -46,15 +45,13 @@ class AdaptiveEuler(Solver):
         if not isinstance(self.controller, Controller):
             raise ConfigError(f"AdaptiveEuler(controller={self.controller!r}): must be a "
                               "Controller from eqprop.solvers.controllers")
-        if not (isinstance(self.eps0, (int, float)) and self.eps0 > 0):
-            raise ConfigError(f"AdaptiveEuler(eps0={self.eps0!r}): must be a number > 0")
+        positive(self, "eps0", self.eps0)
 
     def init(self, F: FieldFn, z0: Tensor) -> SolverState:
         state = super().init(F, z0)
-        eps = self.controller.clip(torch.full((z0.shape[0],), float(self.eps0),
-                                              dtype=z0.real.dtype, device=z0.device))  # (B,)
-        memory = self.controller.init(eps)
-        return replace(state, eps=eps, aux={_PREFIX + k: v for k, v in memory.items()})
+        eps, aux = memory.start(self.controller, torch.full(
+            (z0.shape[0],), float(self.eps0), dtype=z0.real.dtype, device=z0.device))  # (B,)
+        return replace(state, eps=eps, aux=aux)
 
     def step(self, F: FieldFn, state: SolverState) -> SolverState:
         z, f, eps = state.z, state.f, state.eps  # (B, ...), (B, ...), (B,)
@@ -73,15 +70,52 @@ class AdaptiveEuler(Solver):
         f_new = F(z_new)
         if kind == "heun":  # ‖z_Heun - z_Euler‖ = ε/2 ‖F(z_new) - F(z)‖
             err = sample_norm(0.5 * e * (f_new - f))
-        memory = {k[len(_PREFIX):]: v for k, v in state.aux.items() if k.startswith(_PREFIX)}
-        info = StepInfo(eps=eps, f_norm=sample_norm(f), f_new_norm=sample_norm(f_new),
-                        z_norm=sample_norm(z), z_new_norm=sample_norm(z_new), err=err,
-                        memory=memory)
-        decision = self.controller.propose(eps, info)
-        accept = decision.accept & torch.isfinite(info.f_new_norm) & torch.isfinite(
-            info.z_new_norm)
+        f_new_norm, z_new_norm = sample_norm(f_new), sample_norm(z_new)
+        decision, aux = memory.decide(self.controller, state.aux, eps, f_norm=sample_norm(f),
+                                      f_new_norm=f_new_norm, z_norm=sample_norm(z),
+                                      z_new_norm=z_new_norm, err=err)
+        accept = decision.accept & torch.isfinite(f_new_norm) & torch.isfinite(z_new_norm)
         keep = bcast(accept, z)
-        aux = dict(state.aux)
-        aux.update({_PREFIX + k: v for k, v in decision.memory.items()})
         return SolverState(z=torch.where(keep, z_new, z), f=torch.where(keep, f_new, f),
                            nfe=self.charge(state, F, calls), eps=decision.eps, aux=aux)
+
+
+@dataclass
+class AdaptiveConfig(SolverSettings):
+    """Settings of :class:`AdaptiveEuler` with a controller named in a config.
+
+    Args:
+        controller: the step-size controller (see
+            ``eqprop.solvers.controllers.CONTROLLERS``).
+        eps: the first ε of every sample.
+        eps_min: smallest ε the controller may choose.
+        eps_max: largest ε the controller may choose.
+        rtol: local error per unit step length allowed by the error controllers (pi,
+            doubling); None keeps the controller's default.
+    """
+
+    solver: ClassVar[type[Solver]] = AdaptiveEuler
+
+    controller: str = "pi"
+    eps: float = 0.5
+    eps_min: float = 1e-3
+    eps_max: float = 2.0
+    rtol: float | None = None
+
+    def __post_init__(self) -> None:
+        choice(self, "controller", self.controller, CONTROLLERS)
+        positive(self, "eps", self.eps)
+        cls = CONTROLLERS[self.controller]
+        if self.rtol is not None and "rtol" not in {f.name for f in fields(cls)}:
+            having = ", ".join(n for n, c in CONTROLLERS.items()
+                               if "rtol" in {f.name for f in fields(c)})
+            raise ConfigError(f"AdaptiveConfig(rtol={self.rtol!r}): controller "
+                              f"{self.controller!r} has no rtol: must be None, or choose a "
+                              f"controller that has one ({having})")
+        self.build(tol=1.0)  # the controller and the solver validate the rest
+
+    def build(self, tol: float) -> AdaptiveEuler:
+        extra = {} if self.rtol is None else {"rtol": self.rtol}
+        controller = CONTROLLERS[self.controller](eps_min=self.eps_min, eps_max=self.eps_max,
+                                                  **extra)
+        return AdaptiveEuler(controller, eps0=self.eps)

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import torch
 from torch import Tensor
 
-from ..errors import ConfigError
 from ..fields import FieldFn
+from ..validate import integer, interval, positive
 from .base import Solver, SolverState, bcast, sample_norm
 
 __all__ = ["Anderson"]
@@ -56,16 +57,11 @@ class Anderson(Solver):
     restart_growth: float = 2.0
 
     def __post_init__(self) -> None:
-        if isinstance(self.m, bool) or not isinstance(self.m, int) or self.m < 1:
-            raise ConfigError(f"Anderson(m={self.m!r}): the history size must be an integer ≥ 1")
-        if not (isinstance(self.beta, (int, float)) and 0 < self.beta <= 1):
-            raise ConfigError(f"Anderson(beta={self.beta!r}): must lie in (0, 1]")
-        if not (isinstance(self.lam, (int, float)) and self.lam >= 0):
-            raise ConfigError(f"Anderson(lam={self.lam!r}): the ridge must be a number ≥ 0")
-        if not (isinstance(self.eps, (int, float)) and self.eps > 0):
-            raise ConfigError(f"Anderson(eps={self.eps!r}): must be a number > 0")
-        if not (isinstance(self.restart_growth, (int, float)) and self.restart_growth >= 1):
-            raise ConfigError(f"Anderson(restart_growth={self.restart_growth!r}): must be ≥ 1")
+        integer(self, "m", self.m)
+        interval(self, "beta", self.beta, 0.0, 1.0, lo_open=True)
+        interval(self, "lam", self.lam, 0.0, math.inf)
+        positive(self, "eps", self.eps)
+        interval(self, "restart_growth", self.restart_growth, 1.0, math.inf)
 
     def init(self, F: FieldFn, z0: Tensor) -> SolverState:
         state = super().init(F, z0)

@@ -17,7 +17,8 @@ from torch import Tensor
 from ..fields import FieldFn, evals_per_call
 from .status import Status
 
-__all__ = ["Solution", "Solver", "SolverState", "Status", "bcast", "relax", "sample_norm"]
+__all__ = ["Solution", "Solver", "SolverSettings", "SolverState", "Status", "bcast", "relax",
+           "sample_norm"]
 
 
 def sample_norm(v: Tensor) -> Tensor:
@@ -84,6 +85,23 @@ class Solver(ABC):
     def charge(self, state: SolverState, F: FieldFn, calls: int = 1) -> Tensor:
         """``state.nfe`` plus the cost of ``calls`` evaluations of ``F``."""
         return state.nfe + calls * evals_per_call(F)
+
+
+class SolverSettings(ABC):
+    """The config section of a solver that is not its own settings: a dataclass of plain
+    values (what a config file or a flag can say) that builds the solver, where the
+    solver takes an object (a controller) or a setting of the relaxation (its ``tol``).
+
+    A solver dataclass whose fields are all plain values is its own section instead
+    (see :mod:`~eqprop.solvers.registry`).
+    """
+
+    #: the class :meth:`build` returns (its ``capturable`` and ``follows_flow`` hold)
+    solver: ClassVar[type[Solver]]
+
+    @abstractmethod
+    def build(self, tol: float) -> Solver:
+        """The solver; ``tol`` is the relaxation's tolerance."""
 
 
 @dataclass

@@ -9,8 +9,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from ..errors import ConfigError
 from ..fields import FieldFn
+from ..validate import integer, interval, positive
 from .base import Solver, SolverState, bcast, sample_norm
 
 __all__ = ["Broyden"]
@@ -77,14 +77,9 @@ class Broyden(Solver):
     restart_growth: float = 4.0
 
     def __post_init__(self) -> None:
-        if isinstance(self.m, bool) or not isinstance(self.m, int) or self.m < 1:
-            raise ConfigError(f"Broyden(m={self.m!r}): the history size must be an integer ≥ 1")
-        if isinstance(self.eps, bool) or not (isinstance(self.eps, (int, float))
-                                              and 0 < self.eps < math.inf):
-            raise ConfigError(f"Broyden(eps={self.eps!r}): must be a finite number > 0")
-        g = self.restart_growth
-        if isinstance(g, bool) or not (isinstance(g, (int, float)) and g >= 1):
-            raise ConfigError(f"Broyden(restart_growth={g!r}): must be a number ≥ 1")
+        integer(self, "m", self.m)
+        positive(self, "eps", self.eps)
+        interval(self, "restart_growth", self.restart_growth, 1.0, math.inf)
 
     def init(self, F: FieldFn, z0: Tensor) -> SolverState:
         state = super().init(F, z0)

@@ -8,8 +8,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from ..errors import ConfigError
 from ..fields import FieldFn
+from ..validate import positive
 from .base import Solver, SolverState, bcast
 
 __all__ = ["Euler"]
@@ -30,8 +30,7 @@ class Euler(Solver):
     eps: float = 0.5
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.eps, (int, float)) and self.eps > 0):
-            raise ConfigError(f"Euler(eps={self.eps!r}): the step must be a number > 0")
+        positive(self, "eps", self.eps)
 
     def init(self, F: FieldFn, z0: Tensor) -> SolverState:
         state = super().init(F, z0)

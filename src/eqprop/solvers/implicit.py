@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -10,18 +11,12 @@ from torch import Tensor
 from ..errors import ConfigError
 from ..fields import FieldFn, jvp
 from ..split import SplitField
-from .base import Solver, SolverState, bcast, sample_norm
-from .controllers import Controller, StepInfo
+from ..validate import integer, interval, positive
+from .base import Solver, SolverSettings, SolverState, bcast, sample_norm
+from .controllers import SER, Controller, memory
 from .krylov import gmres
 
-_PREFIX = "ctl."  # controller memory lives in SolverState.aux under this prefix
-
-__all__ = ["IMEX", "ImplicitEuler"]
-
-
-def _check_h(owner: object, h: float) -> None:
-    if isinstance(h, bool) or not isinstance(h, (int, float)) or not h > 0:
-        raise ConfigError(f"{type(owner).__name__}(h={h!r}): the time step must be a number > 0")
+__all__ = ["IMEX", "ImplicitConfig", "ImplicitEuler", "PTCConfig"]
 
 
 @dataclass
@@ -71,15 +66,11 @@ class ImplicitEuler(Solver):
     controller: Controller | None = None
 
     def __post_init__(self) -> None:
-        _check_h(self, self.h)
+        positive(self, "h", self.h)
         for name in ("newton_tol", "gmres_tol"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and 0 < v < 1):
-                raise ConfigError(f"ImplicitEuler({name}={v!r}): must lie in (0, 1)")
+            interval(self, name, getattr(self, name), 0.0, 1.0, lo_open=True, hi_open=True)
         for name in ("max_newton", "restart", "max_krylov"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"ImplicitEuler({name}={v!r}): must be an integer ≥ 1")
+            integer(self, name, getattr(self, name))
         if self.controller is not None and not isinstance(self.controller, Controller):
             raise ConfigError(f"ImplicitEuler(controller={self.controller!r}): must be a "
                               "Controller from eqprop.solvers.controllers, or None")
@@ -90,8 +81,8 @@ class ImplicitEuler(Solver):
         h = torch.full((z0.shape[0],), float(self.h), dtype=z0.real.dtype, device=z0.device)
         aux = {"k": k, "inner_failed": torch.zeros_like(k)}
         if self.controller is not None:
-            h = self.controller.clip(h)
-            aux.update({_PREFIX + n: v for n, v in self.controller.init(h).items()})
+            h, ctl = memory.start(self.controller, h)
+            aux.update(ctl)
         return replace(state, eps=h, aux=aux)
 
     def step(self, F: FieldFn, state: SolverState) -> SolverState:
@@ -128,13 +119,11 @@ class ImplicitEuler(Solver):
         if self.controller is None:
             ok = torch.isfinite(fw_norm) & (done | (fw_norm < f_norm))
         else:
-            memory = {n[len(_PREFIX):]: v for n, v in state.aux.items() if n.startswith(_PREFIX)}
-            info = StepInfo(eps=state.eps, f_norm=f_norm, f_new_norm=fw_norm,
-                            z_norm=sample_norm(z), z_new_norm=sample_norm(w), memory=memory)
-            decision = self.controller.propose(state.eps, info)
+            decision, aux = memory.decide(self.controller, {**state.aux, **aux}, state.eps,
+                                          f_norm=f_norm, f_new_norm=fw_norm,
+                                          z_norm=sample_norm(z), z_new_norm=sample_norm(w))
             ok = decision.accept & torch.isfinite(fw_norm)
             eps = decision.eps
-            aux.update({_PREFIX + n: v for n, v in decision.memory.items()})
         keep = bcast(ok, z)
         return SolverState(z=torch.where(keep, w, z), f=torch.where(keep, fw, f),
                            nfe=self.charge(state, F, calls), eps=eps, aux=aux)
@@ -178,11 +167,9 @@ class IMEX(Solver):
     sweep_tol: float = 1e-10
 
     def __post_init__(self) -> None:
-        _check_h(self, self.h)
-        if isinstance(self.sweeps, bool) or not isinstance(self.sweeps, int) or self.sweeps < 1:
-            raise ConfigError(f"IMEX(sweeps={self.sweeps!r}): must be an integer ≥ 1")
-        if not (isinstance(self.sweep_tol, (int, float)) and 0 < self.sweep_tol < 1):
-            raise ConfigError(f"IMEX(sweep_tol={self.sweep_tol!r}): must lie in (0, 1)")
+        positive(self, "h", self.h)
+        integer(self, "sweeps", self.sweeps)
+        interval(self, "sweep_tol", self.sweep_tol, 0.0, 1.0, lo_open=True, hi_open=True)
 
     def step(self, F: FieldFn, state: SolverState) -> SolverState:
         z, f, h = state.z, state.f, self.h
@@ -199,3 +186,37 @@ class IMEX(Solver):
                 if bool(small.all()):
                     break
         return replace(state, z=w, f=F(w), nfe=self.charge(state, F))
+
+
+@dataclass
+class ImplicitConfig(SolverSettings):
+    """Settings of backward Euler (:class:`ImplicitEuler`, no controller) in a config.
+
+    Args:
+        h: the time step (> 0).
+    """
+
+    solver: ClassVar[type[Solver]] = ImplicitEuler
+
+    h: float = 1.0
+
+    def __post_init__(self) -> None:
+        positive(self, "h", self.h)
+
+    def build(self, tol: float) -> ImplicitEuler:
+        return ImplicitEuler(h=self.h)
+
+
+@dataclass
+class PTCConfig(ImplicitConfig):
+    """Pseudo-transient continuation (Ψtc, Kelley & Keyes 1998): :class:`ImplicitEuler`
+    with one Newton correction per time step and h grown by the :class:`SER` controller.
+
+    Args:
+        h: the first time step (> 0).
+    """
+
+    def build(self, tol: float) -> ImplicitEuler:
+        return ImplicitEuler(h=self.h, max_newton=1, gmres_tol=1e-2, restart=30, max_krylov=60,
+                             controller=SER(eps_min=min(self.h, 1e-2), eps_max=1e6, safety=1.0,
+                                            factor_max=4.0))

@@ -7,8 +7,8 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-from ..errors import ConfigError
 from ..fields import FieldFn, jvp
+from ..validate import integer, interval
 from .base import Solver, SolverState, bcast, sample_norm
 from .krylov import gmres
 
@@ -100,19 +100,12 @@ class NewtonKrylov(Solver):
 
     def __post_init__(self) -> None:
         for name in ("eta0", "eta_max", "c"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and 0 < v < 1):
-                raise ConfigError(f"NewtonKrylov({name}={v!r}): must lie in (0, 1)")
-        if not (isinstance(self.gamma, (int, float)) and 0 < self.gamma <= 1):
-            raise ConfigError(f"NewtonKrylov(gamma={self.gamma!r}): must lie in (0, 1]")
-        if not (isinstance(self.alpha, (int, float)) and 1 < self.alpha <= 2):
-            raise ConfigError(f"NewtonKrylov(alpha={self.alpha!r}): must lie in (1, 2]")
-        for name in ("restart", "max_krylov", "max_backtracks"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "max_backtracks"
-                                                                     else 1):
-                raise ConfigError(f"NewtonKrylov({name}={v!r}): must be an integer ≥ "
-                                  f"{0 if name == 'max_backtracks' else 1}")
+            interval(self, name, getattr(self, name), 0.0, 1.0, lo_open=True, hi_open=True)
+        interval(self, "gamma", self.gamma, 0.0, 1.0, lo_open=True)
+        interval(self, "alpha", self.alpha, 1.0, 2.0, lo_open=True)
+        integer(self, "restart", self.restart)
+        integer(self, "max_krylov", self.max_krylov)
+        integer(self, "max_backtracks", self.max_backtracks, minimum=0)
 
     def init(self, F: FieldFn, z0: Tensor) -> SolverState:
         state = super().init(F, z0)

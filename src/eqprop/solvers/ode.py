@@ -15,11 +15,11 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from ..errors import ConfigError
 from ..fields import FieldFn, evals_per_call
-from .base import Solution, Solver, SolverState, relax, sample_norm
+from ..validate import choice, integer, interval, positive
+from .base import Solution, Solver, SolverSettings, SolverState, relax, sample_norm
 
-__all__ = ["ODE", "follow_flow", "settling_time"]
+__all__ = ["ODE", "ODEConfig", "follow_flow", "settling_time"]
 
 #: torchdiffeq methods with error control that the reference accepts
 METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
@@ -82,21 +82,13 @@ class ODE(Solver):
     max_nfe: int = 200_000
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ConfigError(f"ODE(method={self.method!r}): allowed values are "
-                              f"{', '.join(METHODS)}")
+        choice(self, "method", self.method, METHODS)
         for name in ("rtol", "atol", "t0", "tol"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
-                raise ConfigError(f"ODE({name}={v!r}): must be a finite number > 0")
-        if not (isinstance(self.growth, (int, float)) and 1 <= self.growth < math.inf):
-            raise ConfigError(f"ODE(growth={self.growth!r}): must be a number ≥ 1")
-        if isinstance(self.grid, bool) or not isinstance(self.grid, int) or self.grid < 0:
-            raise ConfigError(f"ODE(grid={self.grid!r}): must be an integer ≥ 0")
-        for name in ("max_steps_per_horizon", "max_nfe"):
-            m = getattr(self, name)
-            if isinstance(m, bool) or not isinstance(m, int) or m < 1:
-                raise ConfigError(f"ODE({name}={m!r}): must be an integer ≥ 1")
+            positive(self, name, getattr(self, name))
+        interval(self, "growth", self.growth, 1.0, math.inf, hi_open=True)
+        integer(self, "grid", self.grid, minimum=0)
+        integer(self, "max_steps_per_horizon", self.max_steps_per_horizon)
+        integer(self, "max_nfe", self.max_nfe)
 
     def init(self, F: FieldFn, z0: Tensor) -> SolverState:
         state = super().init(F, z0)
@@ -172,6 +164,26 @@ class ODE(Solver):
         frac = (math.log(self.tol) - g0.log()) / (g1.log() - g0.log())
         frac = torch.nan_to_num(frac, nan=1.0).clamp(0.0, 1.0)
         return torch.where(hit, t0 + frac * (t1 - t0), torch.full_like(t0, math.inf))
+
+
+@dataclass
+class ODEConfig(SolverSettings):
+    """Settings of the :class:`ODE` reference in a config; it settles to the relaxation's
+    ``tol``.
+
+    Args:
+        rtol: local error relative to the current speed ``RMS(F)``.
+    """
+
+    solver: ClassVar[type[Solver]] = ODE
+
+    rtol: float = 1e-6
+
+    def __post_init__(self) -> None:
+        positive(self, "rtol", self.rtol)
+
+    def build(self, tol: float) -> ODE:
+        return ODE(rtol=self.rtol, tol=tol)
 
 
 def settling_time(F: FieldFn, z0: Tensor, ode: ODE | None = None, *,

@@ -1,54 +1,76 @@
-"""Solver settings as a dataclass and the name -> solver registry (the CLI edge)."""
+"""Solver settings as a dataclass and the name -> solver registry (the CLI edge).
+
+:class:`SolverConfig` holds what every relaxation has (name, tolerance, budget, host
+checks, CUDA graphs, the stability check) and one section per solver: the selected
+solver's section is the one used (``--solver.anderson.m 6``, ``[solver.anderson]``).
+A section is the solver dataclass itself where its fields are plain values (Euler,
+Anderson, Broyden, Newton–Krylov, IMEX), else a
+:class:`~eqprop.solvers.base.SolverSettings` that builds it; each validates itself.
+Adding a solver: its class, a line in :data:`SOLVERS` and its section in
+:class:`SolverConfig`.
+
+Configs written before the sections existed said the settings once for all solvers
+(``solver.eps``, ``solver.anderson_m``, ...); :func:`migrate_flat` turns them into
+sections when such a config is loaded.
+"""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 from ..errors import ConfigError
-from .adaptive import AdaptiveEuler
+from ..validate import boolean, choice, integer, positive
+from .adaptive import AdaptiveConfig
 from .anderson import Anderson
-from .base import Solver
+from .base import Solver, SolverSettings
 from .broyden import Broyden
-from .controllers import CONTROLLERS, SER
 from .euler import Euler
-from .implicit import IMEX, ImplicitEuler
+from .implicit import IMEX, ImplicitConfig, PTCConfig
 from .newton_krylov import NewtonKrylov
-from .ode import ODE
+from .ode import ODEConfig
 from .stability import MODES as STABILITY_MODES
 
-__all__ = ["CAPTURABLE", "SOLVERS", "SolverConfig", "build_solver"]
+__all__ = ["CAPTURABLE", "FLAT_SETTINGS", "SOLVERS", "SolverConfig", "build_solver",
+           "migrate_flat", "solver_class"]
+
+#: config name -> the class of its section (a solver, or the settings that build one)
+SOLVERS: dict[str, type] = {
+    "euler": Euler,
+    "adaptive": AdaptiveConfig,
+    "anderson": Anderson,
+    "broyden": Broyden,
+    "newton": NewtonKrylov,
+    "implicit": ImplicitConfig,
+    "ptc": PTCConfig,
+    "imex": IMEX,
+    "ode": ODEConfig,
+}
+
+
+def solver_class(name: str) -> type[Solver]:
+    """The solver class that the section ``name`` of :data:`SOLVERS` gives."""
+    section = SOLVERS[name]
+    return section.solver if issubclass(section, SolverSettings) else section
+
+
+#: solvers whose step never synchronises with the host (``Solver.capturable``)
+CAPTURABLE = tuple(name for name in SOLVERS if solver_class(name).capturable)
 
 
 @dataclass
 class SolverConfig:
-    """How to relax one phase (the free phase, or the nudged phases of an estimator).
+    """How to relax one phase (the free phase, the nudged phases of an estimator, or
+    the reference solve of validation).
 
     Args:
         name: which solver (see ``SOLVERS``): euler, adaptive (Euler with a
             controller), anderson, broyden (limited-memory Broyden root finding),
             newton (Newton–Krylov), implicit (backward Euler),
             ptc (pseudo-transient continuation: backward Euler with SER-grown h),
-            imex, ode (the continuous-time reference).
-        eps: step size ε (euler; the first ε of adaptive; the ε of anderson's map;
-            broyden's initial inverse Jacobian -εI).
+            imex, ode (the continuous-time reference). Its section below is used.
         tol: relative residual ``‖F‖/‖z‖`` that counts as converged.
         max_steps: step budget.
-        controller: step-size controller of adaptive (see
-            ``eqprop.solvers.controllers.CONTROLLERS``).
-        eps_min: smallest ε the controller may choose.
-        eps_max: largest ε the controller may choose.
-        controller_rtol: local error per unit step length allowed by the error
-            controllers (pi, doubling); None keeps each controller's default.
-        anderson_m: anderson's history size.
-        anderson_beta: anderson's mixing, in (0, 1].
-        anderson_lam: anderson's ridge, relative to the history.
-        anderson_restart: residual growth that makes anderson restart its history.
-        broyden_m: broyden's history size (the inverse Jacobian's rank before a
-            restart); memory ``2 · broyden_m`` states per sample.
-        h: time step of implicit and imex; the first h of ptc.
-        ode_rtol: local error of the ode reference, relative to ``RMS(F)``.
         check_every: the host looks at the convergence masks every k steps; the steps
             between run without a host synchronisation.
         capture: on CUDA, record ``check_every`` steps as one CUDA graph and replay it
@@ -57,104 +79,109 @@ class SolverConfig:
             continuous-stable point (``eqprop.solvers.stability``): ``auto`` for solvers
             that do not follow the flow (anderson, broyden, newton, implicit, ptc, imex),
             ``always``, or ``never``. A sample on a source or saddle becomes ``unstable``.
+        euler: explicit Euler's fixed step ε.
+        adaptive: Euler with a per-sample ε chosen by a controller.
+        anderson: Anderson acceleration of the Euler map.
+        broyden: limited-memory Broyden root finding.
+        newton: Newton–Krylov root finding.
+        implicit: backward Euler.
+        ptc: pseudo-transient continuation.
+        imex: IMEX Euler (the leak implicit).
+        ode: the continuous-time reference.
     """
 
     name: str = "euler"
-    eps: float = 0.5
     tol: float = 1e-4
-    max_steps: int = 200
-    controller: str = "pi"
-    eps_min: float = 1e-3
-    eps_max: float = 2.0
-    controller_rtol: float | None = None
-    anderson_m: int = 5
-    anderson_beta: float = 1.0
-    anderson_lam: float = 1e-4
-    anderson_restart: float = 2.0
-    broyden_m: int = 100
-    h: float = 1.0
-    ode_rtol: float = 1e-6
+    max_steps: int = 100
     check_every: int = 1
     capture: bool = False
     stability: str = "auto"
+    euler: Euler = field(default_factory=Euler)
+    adaptive: AdaptiveConfig = field(default_factory=AdaptiveConfig)
+    anderson: Anderson = field(default_factory=Anderson)
+    broyden: Broyden = field(default_factory=Broyden)
+    newton: NewtonKrylov = field(default_factory=NewtonKrylov)
+    implicit: ImplicitConfig = field(default_factory=ImplicitConfig)
+    ptc: PTCConfig = field(default_factory=PTCConfig)
+    imex: IMEX = field(default_factory=IMEX)
+    ode: ODEConfig = field(default_factory=ODEConfig)
 
     def __post_init__(self) -> None:
-        if self.name not in SOLVERS:
-            raise ConfigError(f"solver name={self.name!r}: allowed values are {', '.join(SOLVERS)}")
-        if self.controller not in CONTROLLERS:
-            raise ConfigError(f"solver controller={self.controller!r}: allowed values are "
-                              f"{', '.join(CONTROLLERS)}")
-        for name in ("eps", "tol", "eps_min", "eps_max", "h", "ode_rtol"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
-                raise ConfigError(f"solver {name}={v!r}: must be a finite number > 0")
-        if not (isinstance(self.max_steps, int) and self.max_steps >= 1):
-            raise ConfigError(f"solver max_steps={self.max_steps!r}: must be an integer ≥ 1")
-        r = self.controller_rtol
-        if r is not None and not (isinstance(r, (int, float)) and 0 < r < math.inf):
-            raise ConfigError(f"solver controller_rtol={r!r}: must be a finite number > 0 "
-                              "(or None for the controller's default)")
-        if self.eps_min > self.eps_max:
-            raise ConfigError(f"solver eps_min={self.eps_min} > eps_max={self.eps_max}: "
-                              "eps_max must be ≥ eps_min")
-        if isinstance(self.check_every, bool) or not isinstance(self.check_every, int) \
-                or self.check_every < 1:
-            raise ConfigError(f"solver check_every={self.check_every!r}: must be an integer ≥ 1")
-        if self.stability not in STABILITY_MODES:
-            raise ConfigError(f"solver stability={self.stability!r}: allowed values are "
-                              f"{', '.join(STABILITY_MODES)}")
+        choice("solver", "name", self.name, SOLVERS)
+        positive("solver", "tol", self.tol)
+        integer("solver", "max_steps", self.max_steps)
+        integer("solver", "check_every", self.check_every)
+        boolean("solver", "capture", self.capture)
+        choice("solver", "stability", self.stability, STABILITY_MODES)
         if self.capture and self.name not in CAPTURABLE:
             raise ConfigError(f"solver capture=True with name={self.name!r}: CUDA-graph capture "
                               f"is available for {', '.join(CAPTURABLE)}")
-        if not (isinstance(self.anderson_m, int) and self.anderson_m >= 1):
-            raise ConfigError(f"solver anderson_m={self.anderson_m!r}: must be an integer ≥ 1")
-        if not 0 < self.anderson_beta <= 1:
-            raise ConfigError(f"solver anderson_beta={self.anderson_beta!r}: must lie in (0, 1]")
-        if not self.anderson_lam >= 0:
-            raise ConfigError(f"solver anderson_lam={self.anderson_lam!r}: must be ≥ 0")
-        if not self.anderson_restart >= 1:
-            raise ConfigError(f"solver anderson_restart={self.anderson_restart!r}: must be ≥ 1")
-        if isinstance(self.broyden_m, bool) or not isinstance(self.broyden_m, int) \
-                or self.broyden_m < 1:
-            raise ConfigError(f"solver broyden_m={self.broyden_m!r}: must be an integer ≥ 1")
+        for name, cls in SOLVERS.items():
+            if not isinstance(getattr(self, name), cls):
+                raise ConfigError(f"solver.{name}={getattr(self, name)!r}: must be a "
+                                  f"{cls.__name__}")
 
+    @property
+    def section(self) -> Any:
+        """The selected solver's settings (the section named by ``name``)."""
+        return getattr(self, self.name)
 
-def _adaptive(c: SolverConfig) -> Solver:
-    cls = CONTROLLERS[c.controller]
-    extra = {}
-    if c.controller_rtol is not None:
-        if "rtol" not in {f.name for f in fields(cls)}:
-            raise ConfigError(f"solver controller_rtol={c.controller_rtol}: controller "
-                              f"{c.controller!r} has no rtol (only pi and doubling do)")
-        extra["rtol"] = c.controller_rtol
-    return AdaptiveEuler(cls(eps_min=c.eps_min, eps_max=c.eps_max, **extra), eps0=c.eps)
-
-
-def _ptc(c: SolverConfig) -> Solver:
-    # Ψtc: one Newton correction per time step, h grown by SER (Kelley & Keyes 1998)
-    return ImplicitEuler(h=c.h, max_newton=1, gmres_tol=1e-2, restart=30, max_krylov=60,
-                         controller=SER(eps_min=min(c.h, 1e-2), eps_max=1e6, safety=1.0,
-                                        factor_max=4.0))
-
-
-SOLVERS: dict[str, Callable[[SolverConfig], Solver]] = {
-    "euler": lambda c: Euler(eps=c.eps),
-    "adaptive": _adaptive,
-    "anderson": lambda c: Anderson(m=c.anderson_m, beta=c.anderson_beta, lam=c.anderson_lam,
-                                   eps=c.eps, restart_growth=c.anderson_restart),
-    "broyden": lambda c: Broyden(m=c.broyden_m, eps=c.eps),
-    "newton": lambda c: NewtonKrylov(),
-    "implicit": lambda c: ImplicitEuler(h=c.h),
-    "ptc": _ptc,
-    "imex": lambda c: IMEX(h=c.h),
-    "ode": lambda c: ODE(rtol=c.ode_rtol, tol=c.tol),
-}
-
-
-#: solvers whose step never synchronises with the host (``Solver.capturable``)
-CAPTURABLE = ("euler", "adaptive", "anderson", "broyden")
+    @property
+    def eps(self) -> float:
+        """The Euler step ε this relaxation stands for, which diagnostics compare with
+        ε_crit: the selected solver's ε (adaptive: its first ε); for a solver without one
+        (newton, implicit, ptc, imex, ode), the ``euler`` section's."""
+        return float(getattr(self.section, "eps", self.euler.eps))
 
 
 def build_solver(cfg: SolverConfig) -> Solver:
-    """The solver a :class:`SolverConfig` names."""
-    return SOLVERS[cfg.name](cfg)
+    """The solver a :class:`SolverConfig` names, from its section."""
+    section = cfg.section
+    if isinstance(section, SolverSettings):
+        return section.build(cfg.tol)
+    return replace(section)  # a solver dataclass is its own settings: a copy
+
+
+def _with(setting: str) -> list[tuple[str, str]]:
+    return [(name, setting) for name, cls in SOLVERS.items()
+            if setting in {f.name for f in fields(cls)}]
+
+
+#: the settings of the flat format (one ``SolverConfig`` for all solvers, before the
+#: sections) -> where each lives now: ``(section, setting)``. The one ε and the one h
+#: were shared by every solver that has one, and go to each of them.
+FLAT_SETTINGS: dict[str, list[tuple[str, str]]] = {
+    "eps": _with("eps"),
+    "h": _with("h"),
+    "controller": [("adaptive", "controller")],
+    "eps_min": [("adaptive", "eps_min")],
+    "eps_max": [("adaptive", "eps_max")],
+    "controller_rtol": [("adaptive", "rtol")],
+    "anderson_m": [("anderson", "m")],
+    "anderson_beta": [("anderson", "beta")],
+    "anderson_lam": [("anderson", "lam")],
+    "anderson_restart": [("anderson", "restart_growth")],
+    "broyden_m": [("broyden", "m")],
+    "ode_rtol": [("ode", "rtol")],
+}
+
+
+def migrate_flat(values: dict[str, Any]) -> dict[str, Any]:
+    """A solver config's settings in the flat format -> the same in sections.
+
+    ``{"name": "anderson", "eps": 0.4, "anderson_m": 3}`` becomes ``{"name": "anderson",
+    "euler": {"eps": 0.4}, "adaptive": {"eps": 0.4}, "anderson": {"eps": 0.4, "m": 3},
+    "broyden": {"eps": 0.4}}``: every solver that the old setting applied to gets it,
+    so the config relaxes as before. A setting already given in its section wins.
+    Settings of the new format pass through unchanged.
+    """
+    out = {k: v for k, v in values.items() if k not in FLAT_SETTINGS}
+    for old, targets in FLAT_SETTINGS.items():
+        if old not in values:
+            continue
+        for section, setting in targets:
+            node = out.get(section, {})
+            if isinstance(node, dict):  # (anything else: apply_overrides says what is wrong)
+                out[section] = {setting: values[old], **node}
+    return out
+

@@ -17,7 +17,9 @@ from ..errors import ConfigError
 from ..gradients.registry import EstimatorConfig
 from ..models import ModelConfig
 from ..regularizers import RegularizerConfig
+from ..solvers import Euler
 from ..solvers.registry import SOLVERS, SolverConfig
+from ..validate import boolean, choice, integer, interval
 from .stability import StabilityConfig
 
 __all__ = ["GUARD_ACTIONS", "GUARD_POLICIES", "EvalConfig", "GuardConfig", "OptimConfig",
@@ -31,14 +33,6 @@ GUARD_ACTIONS = ("eps", "jacreg", "solver")
 MAX_SEED = 2**63 - 1
 
 
-def _positive_int(section: str, name: str, value: object, minimum: int = 1,
-                  maximum: int | None = None) -> None:
-    if not (isinstance(value, int) and not isinstance(value, bool) and value >= minimum
-            and (maximum is None or value <= maximum)):
-        allowed = f"in [{minimum}, {maximum}]" if maximum is not None else f"≥ {minimum}"
-        raise ConfigError(f"{section}.{name}={value!r}: must be an integer {allowed}")
-
-
 def check_device(device: object, where: str = "device") -> None:
     """``auto``, ``cpu``, ``cuda`` or ``cuda:N``, else a :class:`ConfigError` naming ``where``."""
     if not (isinstance(device, str) and (device in ("auto", "cpu", "cuda") or (
@@ -50,16 +44,6 @@ def check_seed(seed: object, where: str = "seed") -> None:
     """An integer in [0, MAX_SEED], else a :class:`ConfigError` naming ``where``."""
     if not (isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed <= MAX_SEED):
         raise ConfigError(f"{where}={seed!r}: must be an integer in [0, {MAX_SEED}]")
-
-
-def _number(section: str, name: str, value: object, lo: float, hi: float,
-            lo_open: bool = False, hi_open: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if ok:
-        ok = (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
-    if not ok:
-        interval = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
-        raise ConfigError(f"{section}.{name}={value!r}: must be a number in {interval}")
 
 
 @dataclass
@@ -84,12 +68,12 @@ class OptimConfig:
     ema_decay: float = 0.0
 
     def __post_init__(self) -> None:
-        _number("optim", "lr", self.lr, 0, 10, lo_open=True)
-        _number("optim", "ema_decay", self.ema_decay, 0, 1, hi_open=True)
-        _number("optim", "weight_decay", self.weight_decay, 0, 10)
-        _number("optim", "beta1", self.beta1, 0, 1, hi_open=True)
-        _number("optim", "beta2", self.beta2, 0, 1, hi_open=True)
-        _number("optim", "grad_clip", self.grad_clip, 0, float("inf"), hi_open=True)
+        interval("optim", "lr", self.lr, 0, 10, lo_open=True)
+        interval("optim", "ema_decay", self.ema_decay, 0, 1, hi_open=True)
+        interval("optim", "weight_decay", self.weight_decay, 0, 10)
+        interval("optim", "beta1", self.beta1, 0, 1, hi_open=True)
+        interval("optim", "beta2", self.beta2, 0, 1, hi_open=True)
+        interval("optim", "grad_clip", self.grad_clip, 0, float("inf"), hi_open=True)
 
 
 @dataclass
@@ -108,9 +92,9 @@ class ScheduleConfig:
     min_lr_ratio: float = 0.1
 
     def __post_init__(self) -> None:
-        _positive_int("schedule", "steps", self.steps)
-        _positive_int("schedule", "warmup", self.warmup, minimum=0)
-        _number("schedule", "min_lr_ratio", self.min_lr_ratio, 0, 1)
+        integer("schedule", "steps", self.steps)
+        integer("schedule", "warmup", self.warmup, minimum=0)
+        interval("schedule", "min_lr_ratio", self.min_lr_ratio, 0, 1)
 
 
 @dataclass
@@ -132,13 +116,13 @@ class EvalConfig:
     every: int = 50
     batches: int = 4
     batch_size: int = 32
-    reference: SolverConfig = field(
-        default_factory=lambda: SolverConfig(eps=0.2, tol=1e-6, max_steps=1000))
+    reference: SolverConfig = field(default_factory=lambda: SolverConfig(
+        euler=Euler(eps=0.2), tol=1e-6, max_steps=1000))
 
     def __post_init__(self) -> None:
-        _positive_int("eval", "every", self.every, minimum=0)
-        _positive_int("eval", "batches", self.batches)
-        _positive_int("eval", "batch_size", self.batch_size)
+        integer("eval", "every", self.every, minimum=0)
+        integer("eval", "batches", self.batches)
+        integer("eval", "batch_size", self.batch_size)
 
 
 @dataclass
@@ -154,7 +138,6 @@ class RunConfig:
             too small to gain from more than one (and shared cores make it slower).
         log_every: write a metrics record every this many steps.
         ckpt_every: checkpoint every this many steps (and at the end); 0 only at the end.
-        track_every: call the diagnostics trackers every this many steps.
         progress: show a progress bar.
         sample_tokens: characters sampled into ``samples.txt`` at the end; 0 for none.
     """
@@ -166,7 +149,6 @@ class RunConfig:
     threads: int = 1
     log_every: int = 1
     ckpt_every: int = 100
-    track_every: int = 50
     progress: bool = True
     sample_tokens: int = 300
 
@@ -179,13 +161,12 @@ class RunConfig:
         if not (isinstance(self.out_dir, str) and self.out_dir and self.out_dir.isprintable()):
             raise ConfigError(f"run.out_dir={self.out_dir!r}: give a folder for the run "
                               "directories (printable characters)")
-        _positive_int("run", "seed", self.seed, minimum=0, maximum=MAX_SEED)
+        integer("run", "seed", self.seed, minimum=0, maximum=MAX_SEED)
         check_device(self.device, "run.device")
-        _positive_int("run", "threads", self.threads, minimum=0, maximum=1024)
-        _positive_int("run", "log_every", self.log_every)
-        _positive_int("run", "ckpt_every", self.ckpt_every, minimum=0)
-        _positive_int("run", "track_every", self.track_every)
-        _positive_int("run", "sample_tokens", self.sample_tokens, minimum=0)
+        integer("run", "threads", self.threads, minimum=0, maximum=1024)
+        integer("run", "log_every", self.log_every)
+        integer("run", "ckpt_every", self.ckpt_every, minimum=0)
+        integer("run", "sample_tokens", self.sample_tokens, minimum=0)
 
 
 @dataclass
@@ -235,24 +216,18 @@ class GuardConfig:
     robust_solver: str = "adaptive"
 
     def __post_init__(self) -> None:
-        if self.policy not in GUARD_POLICIES:
-            raise ConfigError(f"guard.policy={self.policy!r}: allowed values are "
-                              f"{', '.join(GUARD_POLICIES)}")
-        _positive_int("guard", "window", self.window)
-        _number("guard", "threshold", self.threshold, 0, 1, lo_open=True)
-        if not isinstance(self.count_contracting, bool):
-            raise ConfigError(f"guard.count_contracting={self.count_contracting!r}: must be "
-                              "true or false")
+        choice("guard", "policy", self.policy, GUARD_POLICIES)
+        integer("guard", "window", self.window)
+        interval("guard", "threshold", self.threshold, 0, 1, lo_open=True)
+        boolean("guard", "count_contracting", self.count_contracting)
         steps = self.ladder_steps() if isinstance(self.ladder, str) else [None]
         if not steps or any(a not in GUARD_ACTIONS for a in steps):
             raise ConfigError(f"guard.ladder={self.ladder!r}: a comma-separated list of "
                               f"{', '.join(GUARD_ACTIONS)}")
-        _number("guard", "eps_factor", self.eps_factor, 0, 1, lo_open=True, hi_open=True)
-        _number("guard", "jacreg_weight", self.jacreg_weight, 0, 1e6, lo_open=True)
-        _number("guard", "jacreg_factor", self.jacreg_factor, 1, 1e6, lo_open=True)
-        if self.robust_solver not in SOLVERS:
-            raise ConfigError(f"guard.robust_solver={self.robust_solver!r}: allowed values "
-                              f"are {', '.join(SOLVERS)}")
+        interval("guard", "eps_factor", self.eps_factor, 0, 1, lo_open=True, hi_open=True)
+        interval("guard", "jacreg_weight", self.jacreg_weight, 0, 1e6, lo_open=True)
+        interval("guard", "jacreg_factor", self.jacreg_factor, 1, 1e6, lo_open=True)
+        choice("guard", "robust_solver", self.robust_solver, SOLVERS)
 
     def ladder_steps(self) -> list[str]:
         """The escalation steps of ``ladder``, in order."""
@@ -267,23 +242,6 @@ def _check_finite(cfg: object, path: str = "") -> None:
             _check_finite(value, f"{where}.")
         elif isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{where}={value!r}: must be a finite number")
-
-
-def _default_model() -> ModelConfig:
-    # small enough that the default run finishes in minutes on a 2-core CPU
-    return ModelConfig(d_model=32, n_heads=4, d_ff=64, n_layers=1, seq_len=32)
-
-
-def _default_solver() -> SolverConfig:
-    return SolverConfig(name="euler", eps=0.5, tol=1e-4, max_steps=100)
-
-
-def _default_estimator() -> EstimatorConfig:
-    # Anderson in the nudged phases: they start at z* and follow nearly linear dynamics,
-    # where it needs ~40 % fewer evaluations than Euler for the same gradient (default run on
-    # CPU: nudged NFE 48.7 → 30.4 per phase, 200 steps 49.9 → 39.8 s, val CE 2.481 → 2.480)
-    return EstimatorConfig(name="asymep", beta=0.05,
-                           nudge=SolverConfig(name="anderson", eps=0.5, tol=1e-2, max_steps=50))
 
 
 @dataclass
@@ -306,9 +264,9 @@ class TrainConfig:
         stability: the stability controller (sets the Jacobian penalty's weight).
     """
 
-    model: ModelConfig = field(default_factory=_default_model)
-    solver: SolverConfig = field(default_factory=_default_solver)
-    estimator: EstimatorConfig = field(default_factory=_default_estimator)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -333,6 +291,10 @@ class TrainConfig:
             raise ConfigError(f"regularizer.name={self.regularizer.name!r} penalises an "
                               "equilibrium's Jacobian; the backprop baseline has none: use "
                               "--regularizer.name none")
+        if backprop and self.tracking.fidelity_every:
+            raise ConfigError(f"tracking.fidelity_every={self.tracking.fidelity_every} measures "
+                              "an estimator's cosine to IFT; the backprop baseline has none: "
+                              "use --tracking.fidelity-every 0")
         if self.stability.enabled and (self.regularizer.name == "none"
                                        or self.regularizer.adaptive):
             raise ConfigError("stability.enabled=true sets the Jacobian penalty's weight: "

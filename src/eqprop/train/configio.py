@@ -2,7 +2,10 @@
 
 Precedence (lowest to highest): the dataclass defaults, the ``--config`` file,
 the command-line flags. A partial file is fine: missing settings keep their
-defaults. Unknown names are errors that list the allowed ones.
+defaults. Unknown names are errors that list the allowed ones. Solver settings
+in the flat format of configs written before the per-solver sections
+(``solver.eps``, ``solver.anderson_m``) are migrated on the way in
+(:func:`~eqprop.solvers.registry.migrate_flat`), so old runs keep loading.
 """
 
 from __future__ import annotations
@@ -18,12 +21,16 @@ from typing import Any, TypeVar
 import yaml
 
 from ..errors import ConfigError
+from ..solvers.registry import SolverConfig, migrate_flat
 from .config import TrainConfig
 
 __all__ = ["CONFIG_SUFFIXES", "apply_overrides", "config_from_dict", "config_to_dict",
            "flatten", "load_config_file", "resolve_config", "save_config", "unflatten"]
 
 C = TypeVar("C")
+
+#: settings that configs of earlier versions may hold and that are gone: ignored on load
+REMOVED = ("run.track_every",)  # it paced Python trackers only; each now decides itself
 
 CONFIG_SUFFIXES = (".toml", ".yaml", ".yml", ".json")
 
@@ -58,6 +65,10 @@ def apply_overrides(base: C, values: dict[str, Any], where: str = "") -> C:
     if not isinstance(values, dict):
         raise ConfigError(f"{where.rstrip('.') or 'config'}: expected a table of settings, "
                           f"got {type(values).__name__}")
+    if isinstance(base, SolverConfig):
+        values = migrate_flat(values)  # a config of the flat format (before issue 17)
+    if isinstance(base, TrainConfig):
+        values = _without_removed(values)
     hints = typing.get_type_hints(type(base))
     names = [f.name for f in dataclasses.fields(base)]
     for key in values:
@@ -71,6 +82,15 @@ def apply_overrides(base: C, values: dict[str, Any], where: str = "") -> C:
         else:
             changes[key] = _coerce(hints[key], value, f"{where}{key}")
     return dataclasses.replace(base, **changes)
+
+
+def _without_removed(values: dict[str, Any]) -> dict[str, Any]:
+    out = dict(values)
+    for path in REMOVED:
+        section, name = path.split(".")
+        if isinstance(out.get(section), dict) and name in out[section]:
+            out[section] = {k: v for k, v in out[section].items() if k != name}
+    return out
 
 
 def config_from_dict(d: dict[str, Any]) -> TrainConfig:

@@ -58,7 +58,8 @@ def evaluate(model: EquilibriumLM, corpus: Corpus, solver: SolverConfig, cfg: Ev
                     capture=solver.capture, stability="always")
         # warm start: the reference only has to finish the job (or undo a cycle)
         sol_ref = relax(field, sol.z, ref_solver, tol=ref.tol, max_steps=ref.max_steps,
-                        check_every=ref.check_every, capture=ref.capture)
+                        check_every=ref.check_every, capture=ref.capture,
+                        stability=ref.stability)
         ce.append(field.loss(sol.z))  # (B,)
         ce_ref.append(field.loss(sol_ref.z))
         res.append(sol.rel_residual)

@@ -160,9 +160,10 @@ class WallGuard:
         """Apply one ladder step to the trainer; returns ``{setting: (old, new)}``."""
         cfg, c = trainer.cfg, self.cfg
         new: dict[str, Any] = {}
-        if action == "eps":
-            new["solver.eps"] = cfg.solver.eps * c.eps_factor
-            new["estimator.nudge.eps"] = cfg.estimator.nudge.eps * c.eps_factor
+        if action == "eps":  # the ε of each phase's solver, where it has one
+            for where, sc in (("solver", cfg.solver), ("estimator.nudge", cfg.estimator.nudge)):
+                if hasattr(sc.section, "eps"):
+                    new[f"{where}.{sc.name}.eps"] = sc.section.eps * c.eps_factor
         elif action == "jacreg":
             reg = cfg.regularizer
             if reg.name == "none":
@@ -195,8 +196,7 @@ class WallGuard:
         trainer.solver = build_solver(cfg.solver)
         trainer.estimator = build_estimator(cfg.estimator, cfg.solver)
         state = trainer.hooks.state_dict()
-        hooks = ConfigHooks(cfg.regularizer, cfg.tracking, cfg.solver.eps,
-                            sync=getattr(trainer, "dist", None))
+        hooks = ConfigHooks.from_config(cfg, sync=getattr(trainer, "dist", None))
         hooks.load_state_dict(state)
         if hooks.reg is not None and hooks.reg.adaptive is not None:
             a = hooks.reg.adaptive

@@ -1,4 +1,5 @@
-"""Training hooks built from the config: the regularizer penalty and stability tracking.
+"""Training hooks built from the config: the regularizer penalty, stability tracking and
+gradient-fidelity tracking.
 
 One :class:`ConfigHooks` object joins them, because the adaptive regularizer weight
 (design §4) reacts to both the free phase's converged fraction (every step) and
@@ -8,15 +9,20 @@ the ε_crit margin ``1 - ε/ε_crit`` (each time stability is tracked).
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
 
-from ..diagnostics.tracking import StabilityTracking
+from ..diagnostics.tracking import StabilityTracking, track_fidelity
+from ..gradients import Estimator
+from ..gradients.registry import BACKPROP, build_estimator
 from ..models import LMField
 from ..regularizers import Regularizer, RegularizerConfig, build_regularizer
 from ..solvers import Solution
 from .distributed import DistContext
+
+if TYPE_CHECKING:
+    from .config import TrainConfig
 
 __all__ = ["ConfigHooks"]
 
@@ -31,19 +37,31 @@ class ConfigHooks:
         sync: under ``torchrun``, the ranks' context: the adaptive weight is fed the
             converged fraction averaged over the ranks and the smallest ε_crit of all,
             so that every rank keeps the same weight.
+        fidelity: the estimator whose cosine to IFT is measured every
+            ``tracking.fidelity_every`` steps (None: not measured).
     """
 
     def __init__(self, regularizer: RegularizerConfig, tracking: StabilityTracking, eps: float,
-                 sync: DistContext | None = None):
+                 sync: DistContext | None = None, fidelity: Estimator | None = None):
         self.reg: Regularizer | None = build_regularizer(regularizer)
         self.tracking = tracking
         self.eps = eps
         self.sync = sync or DistContext()
+        self.fidelity = fidelity
         self.margin: float | None = None
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig, sync: DistContext | None = None) -> ConfigHooks:
+        """The hooks a training config asks for (the fidelity tracker gets its own copy of
+        the training estimator)."""
+        fidelity = None
+        if cfg.tracking.fidelity_every and cfg.estimator.name != BACKPROP:
+            fidelity = build_estimator(cfg.estimator, cfg.solver)
+        return cls(cfg.regularizer, cfg.tracking, cfg.solver.eps, sync=sync, fidelity=fidelity)
 
     @property
     def active(self) -> bool:
-        return self.reg is not None or self.tracking.every > 0
+        return self.reg is not None or self.tracking.every > 0 or self.fidelity is not None
 
     def penalty(self, field: LMField, z_star: Tensor, sol: Solution) -> Tensor | None:
         """``weight · R(z*)``; first feeds the adaptive weight with this step's health."""
@@ -54,7 +72,8 @@ class ConfigHooks:
 
     def track(self, model: nn.Module, field: LMField, z_star: Tensor,
               step: int) -> dict[str, float]:
-        """Stability when due (which also updates the ε_crit margin), regularizer state always."""
+        """Stability when due (which also updates the ε_crit margin), gradient fidelity when
+        due, regularizer state always."""
         out: dict[str, float] = {}
         if self.tracking.due(step):
             out.update(self.tracking.measure(model, field, z_star))
@@ -65,6 +84,9 @@ class ConfigHooks:
                 self.margin = None
             else:  # ε_crit ≤ 0: no step size is stable, the thinnest margin there is
                 self.margin = 1.0 - self.eps / ec if ec > 0 else -math.inf
+        if self.fidelity is not None and self.tracking.fidelity_due(step):
+            out.update(track_fidelity(model, field, z_star, self.fidelity,
+                                      samples=self.tracking.samples))
         if self.reg is not None:
             out.update(self.reg.metrics())
         return out

@@ -110,8 +110,8 @@ class Trainer:
         resume: a run directory to continue exactly from its newest checkpoint (one
             stopped before its first checkpoint restarts from step 0).
         penalty: optional regularizer (see :data:`Penalty`).
-        trackers: optional diagnostics (see :data:`Tracker`), called every
-            ``cfg.run.track_every`` steps.
+        trackers: optional diagnostics (see :data:`Tracker`), called every step with its
+            number (each returns ``{}`` on the steps it skips).
 
     Raises:
         ConfigError: a setting is rejected, or the run directory is in use by another
@@ -145,7 +145,7 @@ class Trainer:
             torch.manual_seed(self.dist.rank_seed(cfg.run.seed))
         self.step, self.skipped, self.elapsed = 0, 0, 0.0
         self.penalty, self.trackers = penalty, list(trackers)
-        self.hooks = ConfigHooks(cfg.regularizer, cfg.tracking, cfg.solver.eps, sync=self.dist)
+        self.hooks = ConfigHooks.from_config(cfg, sync=self.dist)
         self.solver = build_solver(cfg.solver)
         self._free: Relaxation | None = None
         self.estimator = None if self.backprop else build_estimator(cfg.estimator, cfg.solver)
@@ -307,7 +307,7 @@ class Trainer:
             if finite and not sound:
                 record["skip_detail"] = reason or "rejected on another rank"
         # ---- HOOK (diagnostics): trackers' floats merged into the record --------------
-        if self.trackers and self.step % self.cfg.run.track_every == 0:
+        if self.trackers:  # each tracker decides when it is due (StabilityTracking.due)
             for tracker in self.trackers:
                 record.update(tracker(self.model, field, sol.z.detach(), self.step))
         if self.hooks.active:  # config-built tracking: decides itself when it is due

@@ -36,8 +36,8 @@ def suspicious_settings(cfg: TrainConfig) -> list[str]:
         phases.append(("estimator.nudge", cfg.estimator.nudge))
     if cfg.estimator.name != "backprop":
         for where, s in phases:
-            if s.name == "euler" and s.eps >= EULER_EPS_LIMIT:
-                out.append(f"{where}.eps={s.eps:g} ≥ {EULER_EPS_LIMIT:g}: an Euler step "
-                           "(1 - ε) z + ε n(z) no longer shrinks z, so relaxations will "
+            if s.name == "euler" and s.euler.eps >= EULER_EPS_LIMIT:
+                out.append(f"{where}.euler.eps={s.euler.eps:g} ≥ {EULER_EPS_LIMIT:g}: an Euler "
+                           "step (1 - ε) z + ε n(z) no longer shrinks z, so relaxations will "
                            "most likely fail")
     return out

@@ -20,9 +20,10 @@ import torch
 from torch import Tensor
 
 from ...errors import ConfigError
+from ...validate import interval, positive
 
 __all__ = ["Controller", "Decision", "ErrorController", "MultiplicativeController", "StepInfo",
-           "check_factor", "check_positive", "ratchet", "scaled_error"]
+           "check_step_factors", "ratchet", "scaled_error"]
 
 
 @dataclass
@@ -75,30 +76,12 @@ class Decision:
     memory: dict[str, Tensor] = field(default_factory=dict)
 
 
-def check_positive(owner: object, **values: float) -> None:
-    """Raise :class:`ConfigError` unless every value is a finite number > 0."""
-    for name, v in values.items():
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < v < math.inf):
-            raise ConfigError(f"{type(owner).__name__}({name}={v!r}): must be a finite number > 0")
-
-
-def check_factor(owner: object, name: str, v: float, low: float, high: float,
-                 closed: bool = False) -> None:
-    """Raise :class:`ConfigError` unless ``low < v < high`` (``≤`` at both ends if ``closed``)."""
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (
-        low <= v <= high if closed else low < v < high)
-    if not ok:
-        brackets = "[]" if closed else "()"
-        raise ConfigError(f"{type(owner).__name__}({name}={v!r}): must lie in "
-                          f"{brackets[0]}{low}, {high}{brackets[1]}")
-
-
 def check_step_factors(owner: object, safety: float, factor_min: float,
                        factor_max: float) -> None:
     """Validate the safety factor (in (0, 1]) and the range of the change of ε per step."""
-    check_factor(owner, "safety", safety, 0.0, 1.0, closed=True)
-    check_factor(owner, "factor_min", factor_min, 0.0, 1.0)
-    check_factor(owner, "factor_max", factor_max, 1.0, math.inf)
+    interval(owner, "safety", safety, 0.0, 1.0, lo_open=True)
+    interval(owner, "factor_min", factor_min, 0.0, 1.0, lo_open=True, hi_open=True)
+    interval(owner, "factor_max", factor_max, 1.0, math.inf, lo_open=True, hi_open=True)
 
 
 @dataclass
@@ -118,7 +101,8 @@ class Controller(ABC):
     error_estimate: ClassVar[str | None] = None
 
     def __post_init__(self) -> None:
-        check_positive(self, eps_min=self.eps_min, eps_max=self.eps_max)
+        positive(self, "eps_min", self.eps_min)
+        positive(self, "eps_max", self.eps_max)
         if self.eps_max < self.eps_min:
             raise ConfigError(f"{type(self).__name__}(eps_min={self.eps_min}, "
                               f"eps_max={self.eps_max}): eps_max must be ≥ eps_min")
@@ -150,8 +134,8 @@ class MultiplicativeController(Controller):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_factor(self, "shrink", self.shrink, 0.0, 1.0)
-        check_factor(self, "grow", self.grow, 1.0, math.inf)
+        interval(self, "shrink", self.shrink, 0.0, 1.0, lo_open=True, hi_open=True)
+        interval(self, "grow", self.grow, 1.0, math.inf, lo_open=True, hi_open=True)
 
     def apply(self, eps: Tensor, bad: Tensor) -> Tensor:
         """``eps·shrink`` where ``bad`` ``(B,)``, else ``eps·grow``, clipped."""
@@ -182,7 +166,7 @@ class ErrorController(Controller):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_positive(self, rtol=self.rtol, safety=self.safety)
+        positive(self, "rtol", self.rtol)
         check_step_factors(self, self.safety, self.factor_min, self.factor_max)
 
     def init(self, eps0: Tensor) -> dict[str, Tensor]:

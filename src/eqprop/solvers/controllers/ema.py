@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .base import Decision, MultiplicativeController, StepInfo, check_factor
+from ...validate import interval
+from .base import Decision, MultiplicativeController, StepInfo
 
 __all__ = ["EMAOvershoot"]
 
@@ -33,8 +34,8 @@ class EMAOvershoot(MultiplicativeController):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_factor(self, "alpha", self.alpha, 1e-6, 1.0, closed=True)
-        check_factor(self, "tol", self.tol, 0.5, 10.0, closed=True)
+        interval(self, "alpha", self.alpha, 1e-6, 1.0)
+        interval(self, "tol", self.tol, 0.5, 10.0)
 
     def init(self, eps0: Tensor) -> dict[str, Tensor]:
         return {"ema": torch.full_like(eps0, float("nan"))}  # (B,) set on the first step

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .base import Decision, MultiplicativeController, StepInfo, check_factor
+from ...validate import interval
+from .base import Decision, MultiplicativeController, StepInfo
 
 __all__ = ["Naive"]
 
@@ -31,7 +32,7 @@ class Naive(MultiplicativeController):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_factor(self, "progress", self.progress, 0.0, 1.0)
+        interval(self, "progress", self.progress, 0.0, 1.0, lo_open=True, hi_open=True)
 
     def propose(self, eps: Tensor, info: StepInfo) -> Decision:
         bad = ~(info.ratio <= 1.0 - self.progress)  # NaN counts as bad

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .base import Decision, MultiplicativeController, StepInfo, check_factor
+from ...validate import interval
+from .base import Decision, MultiplicativeController, StepInfo
 
 __all__ = ["NoiseRelative"]
 
@@ -37,8 +38,8 @@ class NoiseRelative(MultiplicativeController):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_factor(self, "alpha", self.alpha, 0.0, 1.0)
-        check_factor(self, "kappa", self.kappa, 0.0, 100.0, closed=True)
+        interval(self, "alpha", self.alpha, 0.0, 1.0, lo_open=True, hi_open=True)
+        interval(self, "kappa", self.kappa, 0.0, 100.0)
 
     def init(self, eps0: Tensor) -> dict[str, Tensor]:
         # (B,) mean is NaN until the first ratio is seen

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .base import Decision, MultiplicativeController, StepInfo, check_factor
+from ...validate import interval
+from .base import Decision, MultiplicativeController, StepInfo
 
 __all__ = ["Overshoot"]
 
@@ -33,7 +34,7 @@ class Overshoot(MultiplicativeController):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_factor(self, "tol", self.tol, 0.5, 10.0, closed=True)
+        interval(self, "tol", self.tol, 0.5, 10.0)
 
     def propose(self, eps: Tensor, info: StepInfo) -> Decision:
         bad = ~(info.ratio <= self.tol)  # NaN counts as bad

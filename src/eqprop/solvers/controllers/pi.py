@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .base import ErrorController, check_factor, check_positive
+from ...validate import interval, positive
+from .base import ErrorController
 
 __all__ = ["HeunPI"]
 
@@ -43,8 +44,8 @@ class HeunPI(ErrorController):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_positive(self, icoeff=self.icoeff)
-        check_factor(self, "pcoeff", self.pcoeff, 0.0, 10.0, closed=True)
+        positive(self, "icoeff", self.icoeff)
+        interval(self, "pcoeff", self.pcoeff, 0.0, 10.0)
 
     def init(self, eps0: Tensor) -> dict[str, Tensor]:
         return {**super().init(eps0), "e_prev": torch.ones_like(eps0)}  # last accepted e

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .base import Controller, Decision, StepInfo, check_positive, check_step_factors
+from ...validate import positive
+from .base import Controller, Decision, StepInfo, check_step_factors
 
 __all__ = ["SER"]
 
@@ -38,7 +39,7 @@ class SER(Controller):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_positive(self, power=self.power, safety=self.safety)
+        positive(self, "power", self.power)
         check_step_factors(self, self.safety, self.factor_min, self.factor_max)
 
     def propose(self, eps: Tensor, info: StepInfo) -> Decision:
