@@ -138,7 +138,7 @@ def runs(text_file: str, out: Path) -> list[TrainConfig]:
         tiny(text_file, out, "b", **{
             "estimator.name": "ep", "estimator.centered": False, "model.qk_norm": True,
             "model.qk_scale": 2.0, "model.tied_readout": True, "model.damping": 0.1,
-            "regularizer.name": "homeostasis", "stability.enabled": True,
+            "regularizer.name": "abscissa", "regularizer.margin": 0.3, "stability.enabled": True,
             "stability.every": 1, "stability.margin": 100.0, "tracking.every": 0}),
         tiny(text_file, out, "c", **{**walled, "guard.ladder": "jacreg,solver"}),
     ]
