@@ -29,7 +29,8 @@ from eqprop.models.standard import StandardLM
 from eqprop.train.configio import config_from_dict, load_config_file
 from eqprop.train.loop import Trainer
 
-KINDS = ("asymep", "ift", "bptt", "standard", "asymep-eager", "asymep-unchecked")
+KINDS = ("asymep", "ift", "bptt", "standard", "asymep-eager", "asymep-unchecked",
+         "ift-anderson")
 
 
 def _sync(dev: torch.device) -> None:
@@ -81,13 +82,15 @@ def _off_path(tr: Trainer, batch) -> dict[str, float]:
 
 def bench(cfg, kind: str, warmup: int, repeats: int) -> dict:
     """One kind of step: median ms, NFE per phase, wall over kernels."""
-    est = kind.split("-")[0] if kind.startswith("asymep") else kind
+    est = kind.split("-")[0]
     c = replace(cfg, estimator=replace(cfg.estimator, name="asymep" if est == "standard"
                                        else est))
     if kind == "asymep-eager":
         c = _eager(c)
     if kind == "asymep-unchecked":  # no stability check of the free phase's end point
         c = replace(c, solver=replace(c.solver, stability="never"))
+    if kind == "ift-anderson":  # the adjoint relaxed as a flow, recorded as CUDA graphs
+        c = replace(c, estimator=replace(c.estimator, ift_adjoint="anderson"))
     tr = Trainer(c)
     dev = tr.device
     B, T = c.data.batch_size, c.model.seq_len
@@ -168,7 +171,9 @@ def main() -> None:
              "from the same seed. `asymep-eager`: the same step with every relaxation "
              "eager and a host check every step (the loop before relaxations were "
              "objects); `asymep-unchecked`: without the stability check of the free "
-             "phase's end point (`--solver.stability never`).", "",
+             "phase's end point (`--solver.stability never`); `ift`: the adjoint by GMRES; "
+             "`ift-anderson`: the adjoint relaxed as the flow ds/dt = Jᵀs - ∇L by Anderson, "
+             "recorded as CUDA graphs (`--estimator.ift-adjoint anderson`).", "",
              "| step | median ms | p90 ms | × standard | NFE per phase | ms per F-eq | "
              "kernels ms | wall / kernels |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:

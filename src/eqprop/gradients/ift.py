@@ -19,7 +19,7 @@ from .base import Estimator, EstimatorResult, surrogate
 #: how the adjoint system is solved
 ADJOINTS = ("gmres", "anderson")
 
-__all__ = ["IFT"]
+__all__ = ["ADJOINTS", "IFT"]
 
 
 @dataclass

@@ -11,7 +11,7 @@ from .base import Estimator
 from .bptt import BPTT
 from .ep import EP, AsymEP
 from .holo_ep import HoloEP
-from .ift import IFT
+from .ift import ADJOINTS, IFT
 
 __all__ = ["BACKPROP", "ESTIMATORS", "EstimatorConfig", "build_estimator"]
 
@@ -31,7 +31,10 @@ class EstimatorConfig:
         centered: two-sided nudges (ep; asymep is always centered).
         batch_nudges: relax the ±β nudged phases as one batch of 2B samples (ep, asymep).
         nudge: solver of the nudged phases (tolerance relative to the nudge size).
-        ift_tol: GMRES tolerance of the ift estimator.
+        ift_tol: relative residual of the ift estimator's adjoint solve.
+        ift_adjoint: how ift solves the adjoint: ``gmres``, or ``anderson`` (relaxes the
+            flow ``ds/dt = Jᵀ s - ∇L`` like a phase, with the free phase's ``capture``,
+            ``check_every`` and Anderson ε).
         bptt_steps: truncation length of bptt.
         radius: holoep's nudge radius r = |β| (exact up to O(r^N) at finite r).
         n_nudges: holoep's number N of complex nudges on the circle.
@@ -48,6 +51,7 @@ class EstimatorConfig:
     nudge: SolverConfig = field(default_factory=lambda: SolverConfig(
         name="anderson", tol=1e-2, max_steps=50))
     ift_tol: float = 1e-6
+    ift_adjoint: str = "gmres"
     bptt_steps: int = 20
     radius: float = 0.5
     n_nudges: int = 4
@@ -61,6 +65,9 @@ class EstimatorConfig:
             raise ConfigError(f"estimator beta={self.beta!r}: must be > 0")
         if not 0 < self.ift_tol < 1:
             raise ConfigError(f"estimator ift_tol={self.ift_tol!r}: must be in (0, 1)")
+        if self.ift_adjoint not in ADJOINTS:
+            raise ConfigError(f"estimator ift_adjoint={self.ift_adjoint!r}: allowed values are "
+                              f"{', '.join(ADJOINTS)}")
         if not (isinstance(self.bptt_steps, int) and self.bptt_steps >= 1):
             raise ConfigError(f"estimator bptt_steps={self.bptt_steps!r}: must be an integer ≥ 1")
         if not self.radius > 0:
@@ -80,10 +87,17 @@ def _ep(c: EstimatorConfig, cls: type[EP], centered: bool) -> EP:
                capture=c.nudge.capture, batch_nudges=c.batch_nudges)
 
 
+def _ift(c: EstimatorConfig, free: SolverConfig) -> IFT:
+    if c.ift_adjoint == "gmres":
+        return IFT(tol=c.ift_tol)
+    return IFT(tol=c.ift_tol, adjoint="anderson", eps=free.anderson.eps, capture=free.capture,
+               check_every=free.check_every)
+
+
 ESTIMATORS: dict[str, Callable[[EstimatorConfig, SolverConfig], Estimator]] = {
     "asymep": lambda c, free: _ep(c, AsymEP, True),
     "ep": lambda c, free: _ep(c, EP, c.centered),
-    "ift": lambda c, free: IFT(tol=c.ift_tol),
+    "ift": lambda c, free: _ift(c, free),
     "bptt": lambda c, free: BPTT(steps=c.bptt_steps, solver=build_solver(free)),
     "holoep": lambda c, free: HoloEP(r=c.radius, N=c.n_nudges, antisym=c.holo_antisym,
                                      solver=build_solver(c.nudge), tol=c.nudge.tol,
