@@ -7,7 +7,7 @@ import warnings
 import pytest
 import torch
 
-from eqprop.fields import NudgedField
+from eqprop.gradients.nudged import NudgedField
 from eqprop.gradients import AsymEP
 from eqprop.solvers import SOLVERS, Anderson, Euler, NewtonKrylov, SolverConfig, relax
 from eqprop.solvers.relaxation import Relaxation

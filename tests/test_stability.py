@@ -196,7 +196,7 @@ def test_check_from_recorded_arnoldi_steps_equals_the_direct_check():
 def test_assess_stability_on_a_nudged_lm_field_and_complex_states():
     """The check needs F only: it works on a nudged field (no JVP through its loss
     gradient) and on holomorphic EP's complex states."""
-    from eqprop.fields import NudgedField
+    from eqprop.gradients.nudged import NudgedField
     from eqprop.solvers.stability import check_relaxation
     from tests.conftest import tiny_problem
 

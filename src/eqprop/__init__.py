@@ -22,7 +22,7 @@ from .diagnostics import (
     spectrum,
     track_stability,
 )
-from .fields import Field, Linearization, NudgedField
+from .fields import Field, Linearization
 from .gradients import (
     BPTT,
     EP,
@@ -36,6 +36,7 @@ from .gradients import (
     surrogate,
 )
 from .gradients.holo_ep import HoloEP
+from .gradients.nudged import NudgedField
 from .models import EquilibriumLM, LMField, ModelConfig, StandardLM
 from .regularizers import (
     AdaptiveWeight,

@@ -8,7 +8,8 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
-from ..fields import Field, NudgedField
+from ..fields import Field
+from .nudged import NudgedField
 from ..solvers.base import Solution, Solver, sample_norm
 from ..solvers.euler import Euler
 from ..solvers.relaxation import Relaxation
