@@ -9,11 +9,11 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from ..fields import Field
-from .nudged import NudgedField
 from ..solvers.base import Solution, Solver, sample_norm
 from ..solvers.euler import Euler
 from ..solvers.relaxation import Relaxation
 from .base import Estimator, EstimatorResult, surrogate
+from .nudged import NudgedField
 
 __all__ = ["EP", "AsymEP"]
 

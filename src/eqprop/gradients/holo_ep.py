@@ -11,10 +11,10 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from ..fields import Field
-from .nudged import NudgedField
 from ..solvers.base import Solution, Solver, relax, sample_norm
 from ..solvers.euler import Euler
 from .base import Estimator, EstimatorResult, surrogate
+from .nudged import NudgedField
 
 __all__ = ["HoloEP"]
 
