@@ -88,6 +88,12 @@ class Field(ABC):
         one (penalties and estimates then use the whole batch)."""
         return None
 
+    def sample(self, b: int) -> Field | None:
+        """The same field on sample ``b`` alone (a batch of one), or None when the field
+        cannot build one (diagnostics then evaluate the whole batch with a tangent that is
+        zero outside sample ``b``: ``B`` times the cost of one sample's product)."""
+        return None
+
     def repeated(self, n: int) -> Field | None:
         """The same field on its batch repeated ``n`` times (sample ``k·B + b`` is sample
         ``b``), or None when the field cannot build one; estimators then relax their
