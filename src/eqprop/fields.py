@@ -57,8 +57,8 @@ class Field(ABC):
 
     def linearize(self, z: Tensor) -> Linearization:
         """``J v`` and ``Jᵀ v`` at a fixed real ``z`` from one recorded graph (see
-        :class:`Linearization`); the products to use when many are taken at one point.
-        (``torch.func.linearize`` was measured for this: its tracing costs seconds per call.)"""
+        :class:`Linearization`); the products to use when many are taken at one point
+        (why not ``torch.func.linearize``: docs/gpu.md, "EP against backprop")."""
         return Linearization(self.forward_for_jvp, z)
 
     # -- graph reuse: a Relaxation records its CUDA graphs once per shape and replays them
@@ -148,9 +148,8 @@ class Linearization:
     ``w(u) = Jᵀ u`` (recorded with ``create_graph`` at ``u = 0``; w is linear in u).
     Then ``Jᵀ v`` is a reverse pass over the forward graph and
     ``J v = ∂⟨w(u), v⟩/∂u`` a reverse pass over the reverse graph (the "double VJP"):
-    no forward-mode pass and no forward recomputed per product. On the LM (d_model
-    512, T 256, B 16, 2 layers, H100, fp32) a ``J v`` costs 3.6–3.7 ms this way and
-    13.4–15.6 ms by forward mode, next to 1.7 ms for F (docs/gpu.md). ``F`` must be twice
+    no forward-mode pass and no forward recomputed per product (what that saves on a GPU
+    against forward mode: docs/gpu.md, "EP against backprop"). ``F`` must be twice
     differentiable by autograd (the LM's explicit attention path is; the fused
     kernels are not).
 

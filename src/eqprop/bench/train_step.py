@@ -44,10 +44,8 @@ class TrainBenchConfig:
         free_tol, free_max_steps: free-phase tolerance and budget.
         beta, nudge_tol, nudge_max_steps: AsymEP nudging (tolerance relative to the nudge).
             The per-sample loss is a mean over T positions, so ``β‖∇L‖`` shrinks like
-            ``1/√T``: at T = 256, β = 0.05 put the nudge so close to float32's round-off of
-            ``F(z) - F(z*)`` that the nudged residual stalled at ``g ≈ 0.03`` (H100,
-            base size), while β = 0.5 reaches 0.01 in 13 Euler steps with a better cosine
-            to IFT (0.99998 vs 0.99989).
+            ``1/√T``: a small β puts the nudge near float32's round-off of ``F(z) - F(z*)``
+            and the nudged residual stalls (measured: docs/gpu.md, "EP against backprop").
         nudge_solver: solver of the nudged phases, ``euler`` or ``anderson`` (step ``eps``).
         batch_nudges: relax AsymEP's ±β phases as one batch of 2B samples.
         ift_tol: GMRES tolerance of the IFT step (set equal to ``nudge_tol``: equal residual).
