@@ -102,7 +102,8 @@ def main() -> None:
     dev = torch.cuda.get_device_name() if a.device.startswith("cuda") else "CPU"
     lines = ["# Is the wall the budget, the solver or the dynamics?", "",
              f"`python benchmarks/wall_probe.py --out {a.out} {' '.join(a.runs)}` on {dev}, "
-             f"torch {torch.__version__}; one training batch (64 sequences, seed 0) per checkpoint.",
+             f"torch {torch.__version__}; one training batch (64 sequences, seed 0) per "
+             "checkpoint.",
              ""]
     for r in a.runs:
         lines += probe(r, a.device)

@@ -1,12 +1,22 @@
-"""Analytic fields with known fixed points and eigenvalues, shared by the tests."""
+"""Shared by the tests: analytic fields with known fixed points and eigenvalues, tiny
+float64 models, and the tiny training runs (text, configs, CLI flags, child processes)."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from eqprop.data import DataConfig
 from eqprop.fields import Field
+from eqprop.models import EquilibriumLM, ModelConfig
+from eqprop.solvers import Euler, relax
 from eqprop.split import SplitField
+from eqprop.train import EvalConfig, RunConfig, ScheduleConfig, TrainConfig
 
 
 def rotation_block(a: float, b: float) -> Tensor:
@@ -175,3 +185,97 @@ def planted_matrix(modes: tuple[complex | float, ...], seed: int = 0) -> Tensor:
     g = torch.Generator().manual_seed(seed)
     Q, _ = torch.linalg.qr(torch.randn(D.shape[0], D.shape[0], generator=g, dtype=torch.float64))
     return Q @ D @ Q.T
+
+
+# -- tiny float64 models ----------------------------------------------------------------------
+
+def tiny_config(**overrides) -> ModelConfig:
+    base = dict(vocab_size=11, d_model=16, n_heads=2, d_ff=32, n_layers=2, seq_len=8)
+    base.update(overrides)
+    return ModelConfig(**base)
+
+
+def tiny_problem(block: str = "asym", B: int = 3, seed: int = 0, readout: float = 1.0,
+                 **overrides):
+    """(model, field, z_star) in float64 with z* solved to g ≤ 1e-12; ``readout`` scales
+    the readout weights (sharper than at init: the nudged equilibrium turns nonlinear in β)."""
+    torch.manual_seed(seed)
+    model = EquilibriumLM(tiny_config(block=block, **overrides)).double()
+    with torch.no_grad():
+        model.W_out.weight.mul_(readout)
+    g = torch.Generator().manual_seed(seed + 1)
+    tokens = torch.randint(0, 11, (B, model.cfg.seq_len), generator=g)
+    targets = torch.randint(0, 11, (B, model.cfg.seq_len), generator=g)
+    field = model.field(tokens, targets)
+    sol = relax(field, field.initial_state(), Euler(0.5), tol=1e-12, max_steps=3000)
+    assert bool(sol.converged.all()), sol.summary()
+    return model, field, sol.z
+
+
+# -- tiny training runs -----------------------------------------------------------------------
+
+TEXT = ("To be, or not to be, that is the question:\n"
+        "Whether 'tis nobler in the mind to suffer\n"
+        "The slings and arrows of outrageous fortune,\n") * 20
+
+#: metrics that depend on the wall clock, not on the computation
+CLOCK_KEYS = {"time", "step_time", "stability_time_s"}
+
+#: ``eqprop train`` flags of a tiny run on the CPU (the step count left to the test)
+TINY = ["--model.d-model", "8", "--model.n-heads", "2", "--model.d-ff", "16",
+        "--model.seq-len", "8", "--data.batch-size", "4", "--schedule.warmup", "1",
+        "--eval.every", "0", "--eval.batches", "1", "--eval.batch-size", "2",
+        "--run.sample-tokens", "5", "--run.threads", "1", "--run.device", "cpu",
+        "--run.no-progress"]
+#: the tiny run, three steps
+TINY3 = [*TINY, "--schedule.steps", "3"]
+#: steps and checkpoint interval of :func:`train_args`
+STEPS, CKPT = 8, 2
+
+
+def write_text(folder: Path) -> str:
+    """:data:`TEXT` as ``folder/text.txt``; returns the path."""
+    p = Path(folder) / "text.txt"
+    p.write_text(TEXT, encoding="utf-8")
+    return str(p)
+
+
+def tiny(text_file: str, out_dir, eval_every: int = 0, **run) -> TrainConfig:
+    """A config that trains in about a second (validation only at the end by default)."""
+    return TrainConfig(
+        model=ModelConfig(d_model=8, n_heads=2, d_ff=16, n_layers=1, seq_len=8),
+        schedule=ScheduleConfig(steps=6, warmup=2),
+        data=DataConfig(path=text_file, batch_size=4),
+        eval=EvalConfig(every=eval_every, batches=1, batch_size=2),
+        run=RunConfig(out_dir=str(out_dir), device="cpu", threads=1, progress=False,
+                      ckpt_every=3, sample_tokens=5, **run),
+    )
+
+
+def without_clock(records):
+    return [{k: v for k, v in r.items() if k not in CLOCK_KEYS} for r in records]
+
+
+def train_args(text_file: str, out: Path, name: str, *extra: str) -> list[str]:
+    """``eqprop train`` arguments of a tiny run of :data:`STEPS` steps, a checkpoint every
+    :data:`CKPT`."""
+    return ["train", *TINY, "--schedule.steps", str(STEPS), "--run.ckpt-every", str(CKPT),
+            "--data", text_file, "--run.out-dir", str(out), "--run.name", name, *extra]
+
+
+def one_line_error(capsys, command: str) -> str:
+    """The one error line on stderr; a resume may print its changed settings before it."""
+    lines = capsys.readouterr().err.strip().splitlines()
+    notes = [x for x in lines if x.startswith("eqprop train: resuming with changed settings")]
+    (err,) = [x for x in lines if x not in notes] or [""]
+    assert err.startswith(f"eqprop {command}: error: "), lines
+    assert "Traceback" not in err and "│" not in err and "╭" not in err
+    return err
+
+
+def spawn(args: list[str], **env: str) -> subprocess.Popen:
+    """``python -m eqprop ARGS`` in a child process (one torch thread)."""
+    full = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **env}
+    return subprocess.Popen([sys.executable, "-m", "eqprop", *args], env=full, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            cwd=Path(__file__).parent.parent)

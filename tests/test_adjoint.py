@@ -63,9 +63,9 @@ def test_adjoint_choice_is_checked():
 def test_replayed_adjoint_matches_eager_on_gpu():
     """The adjoint relaxation's graphs (linearisation at z* in the prologue) are reused
     across batches and read in-place parameter updates."""
-    from .test_relaxation import _batches  # noqa: PLC0415
-
     from eqprop.solvers import Euler, relax
+
+    from .test_relaxation import _batches  # noqa: PLC0415
 
     model, _, _ = tiny_problem("asym", B=4)
     model = model.cuda()

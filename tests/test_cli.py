@@ -9,16 +9,7 @@ import pytest
 from eqprop.cli.main import main
 from eqprop.train import load_run
 from eqprop.train.metrics import read_metrics
-
-TEXT = ("To be, or not to be, that is the question:\n"
-        "Whether 'tis nobler in the mind to suffer\n"
-        "The slings and arrows of outrageous fortune,\n") * 20
-
-TINY = ["--model.d-model", "8", "--model.n-heads", "2", "--model.d-ff", "16",
-        "--model.seq-len", "8", "--data.batch-size", "4", "--schedule.steps", "3",
-        "--schedule.warmup", "1", "--eval.every", "0", "--eval.batches", "1",
-        "--eval.batch-size", "2", "--run.sample-tokens", "5", "--run.threads", "1",
-        "--run.device", "cpu", "--run.no-progress"]
+from tests.helpers import TINY3, one_line_error
 
 
 def without(args: list[str], *flags: str) -> list[str]:
@@ -35,23 +26,10 @@ def without(args: list[str], *flags: str) -> list[str]:
 
 
 @pytest.fixture
-def text_file(tmp_path):
-    p = tmp_path / "text.txt"
-    p.write_text(TEXT, encoding="utf-8")
-    return str(p)
-
-
-def one_line_error(capsys, command: str) -> str:
-    err = capsys.readouterr().err.strip()
-    assert err.startswith(f"eqprop {command}: error: ") and "\n" not in err, err
-    return err
-
-
-@pytest.fixture
 def trained(tmp_path, text_file, capsys):
     """A run trained by the CLI, and what the command printed."""
     out = tmp_path / "runs"
-    assert main(["train", *TINY, "--data", text_file, "--run.out-dir", str(out),
+    assert main(["train", *TINY3, "--data", text_file, "--run.out-dir", str(out),
                  "--run.name", "r"]) == 0
     return out / "r", capsys.readouterr().out
 
@@ -73,7 +51,7 @@ def test_config_file_and_overrides(tmp_path, text_file):
     cfg.write_text('[model]\nd_model = 12\nn_heads = 3\n[optim]\nlr = 0.02\n'
                    '[estimator]\nname = "ep"\n')
     out = tmp_path / "runs"
-    args = without(TINY, "--model.d-model", "--model.n-heads")
+    args = without(TINY3, "--model.d-model", "--model.n-heads")
     assert main(["train", *args, "--config", str(cfg), "--optim.lr", "0.005", "--data",
                  text_file, "--run.out-dir", str(out), "--run.name", "c"]) == 0
     config = load_run(out / "c").config
@@ -86,11 +64,11 @@ def test_yaml_config_file(tmp_path, text_file):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("schedule:\n  steps: 2\n")
     out = tmp_path / "runs"
-    assert main(["train", *without(TINY, "--schedule.steps"), "--config", str(cfg), "--data",
+    assert main(["train", *without(TINY3, "--schedule.steps"), "--config", str(cfg), "--data",
                  text_file, "--run.out-dir", str(out), "--run.name", "y"]) == 0
     assert load_run(out / "y").step == 2
     # a flag that differs from the default beats the file
-    assert main(["train", *TINY, "--config", str(cfg), "--data", text_file, "--run.out-dir",
+    assert main(["train", *TINY3, "--config", str(cfg), "--data", text_file, "--run.out-dir",
                  str(out), "--run.name", "z"]) == 0
     assert load_run(out / "z").step == 3
 
@@ -109,14 +87,14 @@ def test_resume_extends_a_run(run_dir, capsys):
     (["--resume", "/nonexistent-run"], "run '/nonexistent-run' does not exist"),
 ])
 def test_train_errors_are_one_line(capsys, tmp_path, args, match):
-    assert main(["train", *TINY, "--run.out-dir", str(tmp_path), *args]) == 2
+    assert main(["train", *TINY3, "--run.out-dir", str(tmp_path), *args]) == 2
     assert match in one_line_error(capsys, "train")
 
 
 def test_invalid_setting_on_the_command_line(capsys, tmp_path):
     # validation inside a config section runs while tyro builds it: exit code 2 either way
     try:
-        code = main(["train", *TINY, "--run.out-dir", str(tmp_path), "--estimator.name", "magic"])
+        code = main(["train", *TINY3, "--run.out-dir", str(tmp_path), "--estimator.name", "magic"])
     except SystemExit as e:
         code = e.code
     assert code == 2
@@ -127,7 +105,7 @@ def test_invalid_setting_on_the_command_line(capsys, tmp_path):
 
 def test_train_refuses_an_existing_run_and_config_with_resume(run_dir, capsys, text_file):
     out = str(run_dir.parent)
-    assert main(["train", *TINY, "--data", text_file, "--run.out-dir", out, "--run.name",
+    assert main(["train", *TINY3, "--data", text_file, "--run.out-dir", out, "--run.name",
                  "r"]) == 2
     assert "exists already" in one_line_error(capsys, "train")
     assert main(["train", "--resume", str(run_dir), "--config", "x.toml"]) == 2
@@ -137,7 +115,7 @@ def test_train_refuses_an_existing_run_and_config_with_resume(run_dir, capsys, t
 def test_bad_data_file_is_one_line(capsys, tmp_path):
     p = tmp_path / "b.bin"
     p.write_bytes(b"\x00\x01\x02" * 100)
-    assert main(["train", *TINY, "--data", str(p), "--run.out-dir", str(tmp_path)]) == 2
+    assert main(["train", *TINY3, "--data", str(p), "--run.out-dir", str(tmp_path)]) == 2
     assert "is binary" in one_line_error(capsys, "train")
 
 

@@ -10,18 +10,7 @@ import torch
 
 from eqprop.data import DataConfig, Vocab, load_corpus, shakespeare_text, strip_markdown
 from eqprop.errors import ConfigError, DataError
-
-TEXT = ("To be, or not to be, that is the question:\n"
-        "Whether 'tis nobler in the mind to suffer\n"
-        "The slings and arrows of outrageous fortune,\n") * 20
-
-
-@pytest.fixture
-def text_file(tmp_path):
-    p = tmp_path / "text.txt"
-    p.write_text(TEXT, encoding="utf-8")
-    return p
-
+from tests.helpers import TEXT
 
 # -- markup -------------------------------------------------------------------------------
 

@@ -35,9 +35,8 @@ from eqprop.errors import ConfigError
 from eqprop.fields import Field
 from eqprop.gradients import EP, IFT, AsymEP
 from eqprop.solvers import Status
-from tests.conftest import tiny_problem
 from tests.helpers import eps_crit as eps_crit_of
-from tests.helpers import rotation_block
+from tests.helpers import rotation_block, tiny_problem
 
 
 @pytest.fixture(autouse=True)

@@ -38,13 +38,10 @@ from eqprop.train.config import GuardConfig
 from eqprop.train.distributed import rank_seed
 from eqprop.train.guard import WallGuard
 from eqprop.train.metrics import read_metrics
+from tests.helpers import without_clock, write_text
 
-TEXT = ("To be, or not to be, that is the question:\n"
-        "Whether 'tis nobler in the mind to suffer\n"
-        "The slings and arrows of outrageous fortune,\n") * 20
 ESTIMATORS = ("asymep", "ep", "ift", "bptt", "holoep")
 WORLD, B = 2, 3  # ranks, sequences per rank
-CLOCK_KEYS = {"time", "step_time", "stability_time_s"}
 
 
 def tiny(text_file: str, out_dir, *, estimator: str = "asymep", **run) -> TrainConfig:
@@ -163,9 +160,8 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def text_file(tmp_path_factory):
-    p = tmp_path_factory.mktemp("data") / "text.txt"
-    p.write_text(TEXT, encoding="utf-8")
-    return str(p)
+    """One text file for the module (the child processes read it)."""
+    return write_text(tmp_path_factory.mktemp("data"))
 
 
 @pytest.fixture(scope="module")
@@ -223,8 +219,7 @@ def test_resume_under_two_ranks_continues_exactly(ddp):
     assert [r["step"] for r in a] == [1, 2, 3, 4]
     assert all(sum(r["status"].values()) == WORLD * B for r in a)
     assert len({r["reg_weight"] for r in a}) > 1  # the adaptive weight moved (same on all ranks)
-    strip = lambda rs: [{k: v for k, v in r.items() if k not in CLOCK_KEYS} for r in rs]  # noqa: E731
-    assert strip(a) == strip(b)
+    assert without_clock(a) == without_clock(b)
     wa, wb = load_checkpoint(full).weights, load_checkpoint(cut).weights
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert len(load_checkpoint(cut).state["rng"]["ranks"]) == WORLD

@@ -23,15 +23,7 @@ from eqprop.errors import StorageError
 from eqprop.train import train
 from eqprop.train.checkpoint import CKPT_DIR, FAULT_ENV, load_checkpoint
 from eqprop.train.metrics import read_metrics
-from tests.test_reliability import STEPS, TINY, one_line_error, spawn, train_args
-from tests.test_train import TEXT, tiny, without_clock
-
-
-@pytest.fixture
-def text_file(tmp_path):
-    p = tmp_path / "text.txt"
-    p.write_text(TEXT, encoding="utf-8")
-    return str(p)
+from tests.helpers import STEPS, TEXT, TINY, one_line_error, spawn, tiny, train_args, without_clock
 
 
 @pytest.fixture(scope="module")

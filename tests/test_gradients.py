@@ -20,8 +20,7 @@ from eqprop import (
 from eqprop.errors import ConfigError
 from eqprop.gradients.registry import EstimatorConfig, build_estimator
 from eqprop.solvers.registry import SolverConfig
-from tests.conftest import tiny_problem
-from tests.helpers import rotating_field
+from tests.helpers import rotating_field, tiny_problem
 
 NUDGE = dict(tol=1e-8, max_steps=3000)
 

@@ -17,15 +17,7 @@ from eqprop.train import Trainer, load_run, resume_config, train
 from eqprop.train.checkpoint import load_checkpoint
 from eqprop.train.config import GuardConfig
 from eqprop.train.metrics import read_metrics
-from tests.test_reliability import TINY, one_line_error
-from tests.test_train import TEXT, tiny, without_clock
-
-
-@pytest.fixture
-def text_file(tmp_path):
-    p = tmp_path / "text.txt"
-    p.write_text(TEXT, encoding="utf-8")
-    return str(p)
+from tests.helpers import TINY, one_line_error, tiny, without_clock
 
 
 def walled(text_file, out, policy, **guard):

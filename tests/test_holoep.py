@@ -12,7 +12,7 @@ from eqprop.gradients import HoloEP
 from eqprop.gradients.registry import EstimatorConfig, build_estimator
 from eqprop.models.attention import gelu_tanh, masked_logsumexp, masked_softmax, softplus
 from eqprop.solvers.registry import SolverConfig
-from tests.conftest import tiny_problem
+from tests.helpers import tiny_problem
 
 NUDGE = dict(tol=1e-9, max_steps=2000)
 

@@ -18,24 +18,13 @@ from eqprop.train import load_run, train
 from eqprop.train.checkpoint import CKPT_DIR, load_checkpoint
 from eqprop.train.metrics import read_metrics
 from eqprop.train.rundir import LOCK_FILE, RunLock
-from tests.test_reliability import TINY as _TINY
-from tests.test_reliability import spawn
-from tests.test_train import TEXT, tiny
-
-TINY = [*_TINY, "--schedule.steps", "3"]
-
-
-@pytest.fixture
-def text_file(tmp_path):
-    p = tmp_path / "text.txt"
-    p.write_text(TEXT, encoding="utf-8")
-    return str(p)
+from tests.helpers import TINY, TINY3, spawn, tiny
 
 
 def long_run(text_file: str, out: Path, name: str, *extra: str) -> list[str]:
     """A run far too long to finish during a test: it is stopped by a signal. It writes no
     checkpoint of its own (ckpt-every 0: only at the end)."""
-    return ["train", *_TINY, "--schedule.steps", "100000", "--run.ckpt-every", "0",
+    return ["train", *TINY, "--schedule.steps", "100000", "--run.ckpt-every", "0",
             "--data", text_file, "--run.out-dir", str(out), "--run.name", name, *extra]
 
 
@@ -88,7 +77,7 @@ def test_kill_9_before_the_first_checkpoint_resumes_from_step_0(tmp_path, text_f
 def test_an_empty_run_directory_can_be_used_again(tmp_path, text_file, capsys):
     out = tmp_path / "runs"
     (out / "e").mkdir(parents=True)  # killed between mkdir and config.yaml
-    assert main(["train", *TINY, "--data", text_file, "--run.out-dir", str(out),
+    assert main(["train", *TINY3, "--data", text_file, "--run.out-dir", str(out),
                  "--run.name", "e"]) == 0
     assert load_run(out / "e").step == 3
 
@@ -100,7 +89,7 @@ def test_a_run_without_a_checkpoint_names_resume_when_its_name_is_reused(tmp_pat
     wait_for_steps(out / "n", 2, proc)
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
-    assert main(["train", *TINY, "--data", text_file, "--run.out-dir", str(out),
+    assert main(["train", *TINY3, "--data", text_file, "--run.out-dir", str(out),
                  "--run.name", "n"]) == 2
     err = capsys.readouterr().err
     assert f"continue it with --resume {out / 'n'}" in err
@@ -109,7 +98,7 @@ def test_a_run_without_a_checkpoint_names_resume_when_its_name_is_reused(tmp_pat
 
 def test_a_busy_run_directory_is_refused_with_its_holder(tmp_path, text_file, capsys):
     out = tmp_path / "runs"
-    assert main(["train", *TINY, "--data", text_file, "--run.out-dir", str(out),
+    assert main(["train", *TINY3, "--data", text_file, "--run.out-dir", str(out),
                  "--run.name", "b"]) == 0
     before = (out / "b" / "metrics.jsonl").read_bytes()
     lock = RunLock(out / "b")  # another process would hold it the same way
@@ -126,7 +115,7 @@ def test_a_busy_run_directory_is_refused_with_its_holder(tmp_path, text_file, ca
 
 def test_two_resumes_at_once_one_is_refused(tmp_path, text_file):
     out = tmp_path / "runs"
-    assert main(["train", *TINY, "--data", text_file, "--run.out-dir", str(out),
+    assert main(["train", *TINY3, "--data", text_file, "--run.out-dir", str(out),
                  "--run.name", "two"]) == 0
     procs = [spawn(["train", "--resume", str(out / "two"), "--schedule.steps", "100000"])
              for _ in range(2)]
@@ -162,12 +151,12 @@ def test_flags_equal_to_the_defaults_override_a_config_file(tmp_path, text_file)
     f.write_text(yaml.safe_dump({"schedule": {"steps": 5}, "optim": {"lr": 0.05}}))
     out = tmp_path / "runs"
     # 3 steps and lr 0.01 (the default) on the command line beat the file's 5 and 0.05
-    assert main(["train", *TINY, "--config", str(f), "--optim.lr", "0.01", "--data", text_file,
+    assert main(["train", *TINY3, "--config", str(f), "--optim.lr", "0.01", "--data", text_file,
                  "--run.out-dir", str(out), "--run.name", "c"]) == 0
     cfg = load_run(out / "c").config
     assert cfg.schedule.steps == 3 and cfg.optim.lr == 0.01
     # a setting the command line leaves out keeps the file's value
-    assert main(["train", *[a for a in TINY if a != "--run.no-progress"], "--run.no-progress",
+    assert main(["train", *[a for a in TINY3 if a != "--run.no-progress"], "--run.no-progress",
                  "--config", str(f), "--data", text_file, "--run.out-dir", str(out),
                  "--run.name", "d"]) == 0
     assert load_run(out / "d").config.optim.lr == 0.05
@@ -175,7 +164,7 @@ def test_flags_equal_to_the_defaults_override_a_config_file(tmp_path, text_file)
 
 def test_flags_equal_to_the_defaults_override_a_resumed_run(tmp_path, text_file, capsys):
     out = tmp_path / "runs"
-    assert main(["train", *TINY, "--optim.lr", "0.05", "--data", text_file,
+    assert main(["train", *TINY3, "--optim.lr", "0.05", "--data", text_file,
                  "--run.out-dir", str(out), "--run.name", "r"]) == 0
     assert main(["train", "--resume", str(out / "r"), "--schedule.steps", "4",
                  "--optim.lr", "0.01"]) == 0
@@ -185,7 +174,7 @@ def test_flags_equal_to_the_defaults_override_a_resumed_run(tmp_path, text_file,
 
 def test_resume_with_fewer_steps_is_refused_and_writes_nothing(tmp_path, text_file, capsys):
     out = tmp_path / "runs"
-    assert main(["train", *TINY, "--data", text_file, "--run.out-dir", str(out),
+    assert main(["train", *TINY3, "--data", text_file, "--run.out-dir", str(out),
                  "--run.name", "f"]) == 0
     before = (out / "f" / "config.yaml").read_text()
     assert main(["train", "--resume", str(out / "f"), "--schedule.steps", "2"]) == 2

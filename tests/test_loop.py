@@ -11,9 +11,7 @@ from eqprop import Euler, relax
 from eqprop.errors import ConfigError
 from eqprop.solvers import AdaptiveEuler, Anderson, Broyden, NewtonKrylov, Status
 from eqprop.solvers.registry import SolverConfig
-
-from .conftest import tiny_problem
-from .helpers import StiffNonlinearField, eps_crit, rotating_field
+from tests.helpers import StiffNonlinearField, eps_crit, rotating_field, tiny_problem
 
 
 def host_loop(F, z0, solver, tol, max_steps):

@@ -9,7 +9,7 @@ from torch.func import jacrev
 from eqprop import EquilibriumLM, Euler, ModelConfig, relax
 from eqprop.errors import ConfigError
 from eqprop.models.attention import causal_attention
-from tests.conftest import tiny_config, tiny_problem
+from tests.helpers import tiny_config, tiny_problem
 
 
 def dense_jacobian(field, z: torch.Tensor) -> torch.Tensor:

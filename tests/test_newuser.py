@@ -21,20 +21,13 @@ from eqprop.train.checkpoint import CKPT_DIR
 from eqprop.train.metrics import read_metrics
 from eqprop.train.plots import _skipped_spans, nfe_phases, plot_metrics
 from eqprop.train.summary import TrainSummary
-from tests.test_cli import TEXT, TINY
+from tests.helpers import TEXT, TINY3
 
 BACKPROP = ["--model.block", "standard", "--estimator.name", "backprop"]
 
 
-@pytest.fixture
-def text_file(tmp_path):
-    p = tmp_path / "text.txt"
-    p.write_text(TEXT, encoding="utf-8")
-    return str(p)
-
-
 def train_cli(text_file: str, out: Path, name: str, *extra: str) -> int:
-    return main(["train", *TINY, "--data", text_file, "--run.out-dir", str(out),
+    return main(["train", *TINY3, "--data", text_file, "--run.out-dir", str(out),
                  "--run.name", name, *extra])
 
 

@@ -17,7 +17,7 @@ from eqprop.regularizers import (
     RegularizerConfig,
     build_regularizer,
 )
-from tests.conftest import tiny_problem
+from tests.helpers import tiny_problem
 
 #: probes for the Hutchinson checks: the field is rebuilt on P copies of one sequence,
 #: so one call with n_probes=1 draws P independent probes in a single batched JVP

@@ -7,12 +7,11 @@ import warnings
 import pytest
 import torch
 
-from eqprop.fields import NudgedField
 from eqprop.gradients import AsymEP
+from eqprop.gradients.nudged import NudgedField
 from eqprop.solvers import Anderson, Euler, NewtonKrylov, SolverConfig, build_solver, relax
 from eqprop.solvers.relaxation import Relaxation
-
-from .conftest import tiny_problem
+from tests.helpers import tiny_problem
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 

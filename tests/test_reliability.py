@@ -8,10 +8,7 @@ Every test here is listed, with its outcome, in ``docs/reliability.md``.
 from __future__ import annotations
 
 import json
-import os
 import pickle
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,45 +22,7 @@ from eqprop.solvers import Euler
 from eqprop.train import Trainer, load_run, resume_config, train
 from eqprop.train.checkpoint import CKPT_DIR, _sha256, load_checkpoint
 from eqprop.train.metrics import read_metrics
-from tests.test_train import TEXT, tiny
-
-STEPS, CKPT = 8, 2
-TINY = ["--model.d-model", "8", "--model.n-heads", "2", "--model.d-ff", "16",
-        "--model.seq-len", "8", "--data.batch-size", "4", "--schedule.warmup", "1",
-        "--eval.every", "0", "--eval.batches", "1", "--eval.batch-size", "2",
-        "--run.sample-tokens", "5", "--run.threads", "1", "--run.device", "cpu",
-        "--run.no-progress"]
-
-
-def train_args(text_file: str, out: Path, name: str, *extra: str) -> list[str]:
-    return ["train", *TINY, "--schedule.steps", str(STEPS), "--run.ckpt-every", str(CKPT),
-            "--data", text_file, "--run.out-dir", str(out), "--run.name", name, *extra]
-
-
-def one_line_error(capsys, command: str) -> str:
-    """The one error line on stderr; a resume may print its changed settings before it."""
-    lines = capsys.readouterr().err.strip().splitlines()
-    notes = [x for x in lines if x.startswith("eqprop train: resuming with changed settings")]
-    (err,) = [x for x in lines if x not in notes] or [""]
-    assert err.startswith(f"eqprop {command}: error: "), lines
-    assert "Traceback" not in err and "│" not in err and "╭" not in err
-    return err
-
-
-def spawn(args: list[str], **env: str) -> subprocess.Popen:
-    """``python -m eqprop ARGS`` in a child process (one torch thread)."""
-    full = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **env}
-    return subprocess.Popen([sys.executable, "-m", "eqprop", *args], env=full, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            cwd=Path(__file__).parent.parent)
-
-
-@pytest.fixture
-def text_file(tmp_path):
-    p = tmp_path / "text.txt"
-    p.write_text(TEXT, encoding="utf-8")
-    return str(p)
-
+from tests.helpers import TEXT, TINY, one_line_error, spawn, tiny
 
 # -- bad values on the command line: one line, exit code 2 ------------------------------------
 

@@ -366,7 +366,7 @@ def test_bench_solvers_smoke(tmp_path):
 def test_anderson_runs_under_bf16_autocast():
     """The m×m least-squares problem runs outside autocast (LU has no bf16 kernel, and a
     bf16 Gram matrix would lose the differences it is made of); the LM still relaxes."""
-    from tests.conftest import tiny_problem
+    from tests.helpers import tiny_problem
 
     model, field, z64 = tiny_problem("asym", B=2)
     model.float()

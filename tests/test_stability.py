@@ -196,9 +196,9 @@ def test_check_from_recorded_arnoldi_steps_equals_the_direct_check():
 def test_assess_stability_on_a_nudged_lm_field_and_complex_states():
     """The check needs F only: it works on a nudged field (no JVP through its loss
     gradient) and on holomorphic EP's complex states."""
-    from eqprop.fields import NudgedField
+    from eqprop.gradients.nudged import NudgedField
     from eqprop.solvers.stability import check_relaxation
-    from tests.conftest import tiny_problem
+    from tests.helpers import tiny_problem
 
     _, field, z = tiny_problem("asym", B=2)
     nudged = NudgedField(field, 0.01, z_star=z, antisym=True)
@@ -294,8 +294,7 @@ def test_tracking_and_validation_report_stability(tmp_path):
 
     from eqprop.diagnostics import dense_spectrum, track_stability
     from eqprop.train import Trainer
-    from tests.conftest import tiny_problem
-    from tests.test_train import TEXT, tiny
+    from tests.helpers import TEXT, tiny, tiny_problem
 
     model, field, z = tiny_problem("asym", B=2, d_model=8, d_ff=16, seq_len=6)
     out = track_stability(model, field, z, samples=1)

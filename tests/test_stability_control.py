@@ -20,10 +20,7 @@ from eqprop.train.checkpoint import load_checkpoint
 from eqprop.train.ema import EMA
 from eqprop.train.metrics import read_metrics
 from eqprop.train.stability import StabilityConfig, StabilityController
-
-from .conftest import tiny_problem
-from .helpers import LinearField, rotating_field
-from .test_train import TEXT, tiny, without_clock
+from tests.helpers import LinearField, rotating_field, tiny, tiny_problem, without_clock
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -192,10 +189,7 @@ def _recipe(text_file, out_dir):
                                              target_nfe=5.0))
 
 
-def test_recipe_resumes_exactly_and_checkpoints_its_state(tmp_path):
-    text_file = tmp_path / "text.txt"
-    text_file.write_text(TEXT, encoding="utf-8")
-    text_file = str(text_file)
+def test_recipe_resumes_exactly_and_checkpoints_its_state(tmp_path, text_file):
     full = train(_recipe(text_file, tmp_path / "a"))
 
     def interrupt(model, field, z_star, step):

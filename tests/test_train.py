@@ -9,7 +9,6 @@ from dataclasses import replace
 import pytest
 import torch
 
-from eqprop.data import DataConfig
 from eqprop.diagnostics.tracking import StabilityTracking
 from eqprop.errors import CheckpointError, ConfigError
 from eqprop.models import ModelConfig
@@ -34,37 +33,7 @@ from eqprop.train.configio import resolve_config
 from eqprop.train.metrics import read_metrics
 from eqprop.train.plots import PLOTS
 from eqprop.train.schedule import lr_at
-
-TEXT = ("To be, or not to be, that is the question:\n"
-        "Whether 'tis nobler in the mind to suffer\n"
-        "The slings and arrows of outrageous fortune,\n") * 20
-
-#: metrics that depend on the wall clock, not on the computation
-CLOCK_KEYS = {"time", "step_time", "stability_time_s"}
-
-
-@pytest.fixture
-def text_file(tmp_path):
-    p = tmp_path / "text.txt"
-    p.write_text(TEXT, encoding="utf-8")
-    return str(p)
-
-
-def tiny(text_file: str, out_dir, eval_every: int = 0, **run) -> TrainConfig:
-    """A config that trains in about a second (validation only at the end by default)."""
-    return TrainConfig(
-        model=ModelConfig(d_model=8, n_heads=2, d_ff=16, n_layers=1, seq_len=8),
-        schedule=ScheduleConfig(steps=6, warmup=2),
-        data=DataConfig(path=text_file, batch_size=4),
-        eval=EvalConfig(every=eval_every, batches=1, batch_size=2),
-        run=RunConfig(out_dir=str(out_dir), device="cpu", threads=1, progress=False,
-                      ckpt_every=3, sample_tokens=5, **run),
-    )
-
-
-def without_clock(records):
-    return [{k: v for k, v in r.items() if k not in CLOCK_KEYS} for r in records]
-
+from tests.helpers import TEXT, tiny, without_clock
 
 # -- config ---------------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from eqprop.gradients.registry import EstimatorConfig
 from eqprop.solvers import Solution, SolverConfig, Status
 from eqprop.train import Trainer
 from eqprop.train.update_filter import UpdateFilter
-from tests.test_train import TEXT, tiny
+from tests.helpers import TEXT, tiny
 
 
 def solution(*codes: Status) -> dict[str, int]:

@@ -9,7 +9,6 @@ readout loss that EP nudges with (design §1, §3).
 
 from __future__ import annotations
 
-import copy
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 
@@ -20,7 +19,7 @@ from torch.func import vjp as func_vjp
 
 FieldFn = Callable[[Tensor], Tensor]
 
-__all__ = ["Field", "FieldFn", "Linearization", "NudgedField", "evals_per_call", "jvp", "vjp"]
+__all__ = ["Field", "FieldFn", "Linearization", "evals_per_call", "jvp", "vjp"]
 
 
 class Field(ABC):
@@ -58,8 +57,8 @@ class Field(ABC):
 
     def linearize(self, z: Tensor) -> Linearization:
         """``J v`` and ``Jᵀ v`` at a fixed real ``z`` from one recorded graph (see
-        :class:`Linearization`); the products to use when many are taken at one point.
-        (``torch.func.linearize`` was measured for this: its tracing costs seconds per call.)"""
+        :class:`Linearization`); the products to use when many are taken at one point
+        (why not ``torch.func.linearize``: docs/gpu.md, "EP against backprop")."""
         return Linearization(self.forward_for_jvp, z)
 
     # -- graph reuse: a Relaxation records its CUDA graphs once per shape and replays them
@@ -87,6 +86,12 @@ class Field(ABC):
     def head(self, n: int) -> Field | None:
         """The same field on its first ``n`` samples, or None when the field cannot build
         one (penalties and estimates then use the whole batch)."""
+        return None
+
+    def sample(self, b: int) -> Field | None:
+        """The same field on sample ``b`` alone (a batch of one), or None when the field
+        cannot build one (diagnostics then evaluate the whole batch with a tangent that is
+        zero outside sample ``b``: ``B`` times the cost of one sample's product)."""
         return None
 
     def repeated(self, n: int) -> Field | None:
@@ -118,7 +123,7 @@ class Field(ABC):
 
 def evals_per_call(F: FieldFn) -> int:
     """NFE cost of one call of ``F`` (1 for plain callables)."""
-    return int(getattr(F, "evals_per_call", 1))
+    return int(F.evals_per_call) if isinstance(F, Field) else 1
 
 
 def jvp(F: FieldFn, z: Tensor, v: Tensor) -> Tensor:
@@ -143,9 +148,8 @@ class Linearization:
     ``w(u) = Jᵀ u`` (recorded with ``create_graph`` at ``u = 0``; w is linear in u).
     Then ``Jᵀ v`` is a reverse pass over the forward graph and
     ``J v = ∂⟨w(u), v⟩/∂u`` a reverse pass over the reverse graph (the "double VJP"):
-    no forward-mode pass and no forward recomputed per product. On the LM (d_model
-    512, T 256, B 16, 2 layers, H100, fp32) a ``J v`` costs 3.6–3.7 ms this way and
-    13.4–15.6 ms by forward mode, next to 1.7 ms for F (docs/gpu.md). ``F`` must be twice
+    no forward-mode pass and no forward recomputed per product (what that saves on a GPU
+    against forward mode: docs/gpu.md, "EP against backprop"). ``F`` must be twice
     differentiable by autograd (the LM's explicit attention path is; the fused
     kernels are not).
 
@@ -171,89 +175,3 @@ class Linearization:
     def vjp(self, v: Tensor) -> Tensor:
         """``Jᵀ v``, shape of ``z``."""
         return torch.autograd.grad(self._out, self._z, v, retain_graph=True)[0]
-
-
-class NudgedField(Field):
-    """The nudged dynamics of EP and asymmetric EP (design §3).
-
-    ``F_β(z) = F(z) - β ∇_z L(z)``, plus ``-2A (z - z*)`` with ``A = (J - Jᵀ)/2``
-    frozen at ``z*`` when ``antisym`` is set (Scurria et al. 2026). ``2A v`` is
-    ``J v - Jᵀ v``: one JVP and one VJP, both linearised at ``z*``.
-
-    Args:
-        field: the free field ``F`` (must define ``loss``).
-        beta: nudging strength: a float (complex for holomorphic EP), or a per-sample
-            ``(B,)`` tensor (several nudges relaxed as one batch).
-        z_star: the free equilibrium ``(B, ...)``; needed when ``antisym``.
-        antisym: add the ``-2A (z - z*)`` term.
-        r_star: optional ``F(z*)`` to subtract, so that ``z*`` is an exact equilibrium
-            of the β = 0 dynamics even when the free phase stopped at a residual.
-    """
-
-    def __init__(self, field: Field, beta: float | complex | Tensor,
-                 z_star: Tensor | None = None,
-                 antisym: bool = False, r_star: Tensor | None = None):
-        if antisym and z_star is None:
-            raise ValueError("NudgedField(antisym=True) needs z_star, the free equilibrium")
-        self.field = field
-        self.beta = beta
-        self.z_star = None if z_star is None else z_star.detach()
-        self.antisym = antisym
-        self.r_star = None if r_star is None else r_star.detach()
-        # F, plus one JVP and one VJP for 2A; a complex nudge splits 2A d into Re and Im parts
-        split = 2 if isinstance(beta, complex) else 1
-        self.evals_per_call = field.evals_per_call * (1 + 2 * split if antisym else 1)
-        # linearised at z* on first use, so that the recording happens where F is first
-        # evaluated (inside relax: on the stream a captured loop replays on)
-        self._lin: Linearization | None = None
-
-    def __call__(self, z: Tensor) -> Tensor:
-        beta = self.beta
-        if isinstance(beta, Tensor):
-            beta = beta.reshape(beta.shape + (1,) * (z.dim() - 1))  # (B, 1, ...)
-        out = self.field(z) - beta * self.field.grad_loss(z)
-        if self.r_star is not None:
-            out = out - self.r_star
-        if self.antisym:
-            out = out - self._two_a(z - self.z_star)
-        return out
-
-    def static_inputs(self) -> list[Tensor] | None:
-        inner = self.field.static_inputs()
-        if inner is None:
-            return None
-        own = [self.beta] if isinstance(self.beta, Tensor) else []
-        return inner + own + [v for v in (self.z_star, self.r_star) if v is not None]
-
-    def static_key(self) -> tuple:
-        beta = "tensor" if isinstance(self.beta, Tensor) else self.beta
-        return (type(self.field), self.field.static_key(), beta, self.antisym,
-                self.z_star is None, self.r_star is None)
-
-    def static_copy(self) -> NudgedField:
-        new = copy.copy(self)
-        new.field = self.field.static_copy()
-        if isinstance(self.beta, Tensor):
-            new.beta = self.beta.clone()
-        new.z_star = None if self.z_star is None else self.z_star.clone()
-        new.r_star = None if self.r_star is None else self.r_star.clone()
-        new._lin = None
-        return new
-
-    def refresh(self) -> None:
-        """Linearise anew at ``z*`` (the -2A term's J and Jᵀ)."""
-        self.field.refresh()
-        if self.antisym:
-            self._lin = self.field.linearize(self.z_star)
-
-    def _two_a(self, d: Tensor) -> Tensor:
-        """``2A d = J d - Jᵀ d`` at the real z*; a complex ``d`` (holomorphic EP) is split
-        into real and imaginary parts, since J is real there."""
-        if d.is_complex() and not self.z_star.is_complex():
-            return torch.complex(self._two_a(d.real), self._two_a(d.imag))
-        if self._lin is None:
-            self._lin = self.field.linearize(self.z_star)
-        return self._lin.jvp(d) - self._lin.vjp(d)
-
-    def loss(self, z: Tensor) -> Tensor:
-        return self.field.loss(z)

@@ -20,8 +20,9 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from ..fields import Field
-from ..solvers.base import relax, sample_norm
+from ..solvers.base import sample_norm
 from ..solvers.registry import FLAT_SETTINGS, SOLVERS, SolverConfig, build_solver
+from ..solvers.relaxation import Relaxation
 from ..solvers.status import Status
 from ..train.configio import apply_overrides
 from .problems import Budgeted, CountingField, counting, stiff_field
@@ -172,7 +173,7 @@ def _run_ours(spec: str, F: Field, z0: Tensor, cfg: SolverBenchConfig) -> dict:
     counted = counting(F, cfg.max_nfe)
     t = time.perf_counter()
     solver = Budgeted(build_solver(sc), counted)
-    sol = relax(counted, z0, solver, tol=cfg.tol, max_steps=cfg.max_nfe)
+    sol = Relaxation(solver, tol=cfg.tol, max_steps=cfg.max_nfe).run(counted, z0)
     wall = time.perf_counter() - t
     reached = sol.converged & (sol.nfe <= cfg.max_nfe)
     # once the budget is spent, Budgeted ends every sample still relaxing as non-finite
@@ -239,13 +240,14 @@ def _eps_crit_note(F: Field, z_ref: Tensor, settled: Tensor, k: int) -> str:
     """ε_crit at the flow's equilibria (the first ``k`` settled samples), via diagnostics."""
     from ..diagnostics import eps_crit  # lazy: ARPACK via scipy
 
-    idx = settled.nonzero().flatten()[:k]
-    if idx.numel() == 0 or not hasattr(F, "model"):
+    idx = settled.nonzero().flatten()[:k].tolist()
+    one = [F.sample(b) for b in idx]  # each sample's own field (None: the field has none)
+    if not idx or any(f is None for f in one):
         return ""
-    ec = eps_crit(F.model.field(F.tokens[idx]), z_ref[idx], bisect=False)
-    vals = ", ".join(f"{v:.3f}" for v in ec.eig.tolist())
-    return (f"ε_crit at the flow's z* of {idx.numel()} samples: {vals} "
-            f"(max Re μ {float(ec.max_real.max()):.3f})")
+    ecs = [eps_crit(f, z_ref[b : b + 1], bisect=False) for f, b in zip(one, idx, strict=True)]
+    vals = ", ".join(f"{float(ec.eig[0]):.3f}" for ec in ecs)
+    max_re = max(float(ec.max_real[0]) for ec in ecs)
+    return f"ε_crit at the flow's z* of {len(idx)} samples: {vals} (max Re μ {max_re:.3f})"
 
 
 def bench_solvers(cfg: SolverBenchConfig) -> list[tuple[str, str, list[dict]]]:

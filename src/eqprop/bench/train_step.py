@@ -22,6 +22,7 @@ from ..gradients import BPTT, IFT, AsymEP, Estimator, gradient_cosine
 from ..models import EquilibriumLM, ModelConfig
 from ..models.standard import StandardLM
 from ..solvers import AdaptiveEuler, Anderson, Euler, Solver, relax
+from ..solvers.relaxation import Relaxation
 
 __all__ = ["POLICIES", "PRECISIONS", "TrainBenchConfig", "bench_precision", "bench_relax_loop",
            "bench_train_step", "flops_per_eval"]
@@ -43,10 +44,8 @@ class TrainBenchConfig:
         free_tol, free_max_steps: free-phase tolerance and budget.
         beta, nudge_tol, nudge_max_steps: AsymEP nudging (tolerance relative to the nudge).
             The per-sample loss is a mean over T positions, so ``β‖∇L‖`` shrinks like
-            ``1/√T``: at T = 256, β = 0.05 put the nudge so close to float32's round-off of
-            ``F(z) - F(z*)`` that the nudged residual stalled at ``g ≈ 0.03`` (H100,
-            base size), while β = 0.5 reaches 0.01 in 13 Euler steps with a better cosine
-            to IFT (0.99998 vs 0.99989).
+            ``1/√T``: a small β puts the nudge near float32's round-off of ``F(z) - F(z*)``
+            and the nudged residual stalls (measured: docs/gpu.md, "EP against backprop").
         nudge_solver: solver of the nudged phases, ``euler`` or ``anderson`` (step ``eps``).
         batch_nudges: relax AsymEP's ±β phases as one batch of 2B samples.
         ift_tol: GMRES tolerance of the IFT step (set equal to ``nudge_tol``: equal residual).
@@ -110,6 +109,11 @@ class TrainBenchConfig:
                       max_steps=self.nudge_max_steps, check_every=self.check_every,
                       capture=self.capture, batch_nudges=self.batch_nudges)
 
+    def free(self) -> Relaxation:
+        """The free phase's relaxation these settings describe (Euler at ``eps``)."""
+        return Relaxation(Euler(self.eps), tol=self.free_tol, max_steps=self.free_max_steps,
+                          check_every=self.check_every, capture=self.capture)
+
     def model_config(self) -> ModelConfig:
         return ModelConfig(vocab_size=self.vocab_size, d_model=self.d_model, n_heads=self.n_heads,
                            d_ff=self.d_ff, n_layers=self.n_layers, seq_len=self.seq_len)
@@ -139,12 +143,12 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _eq_step(model, opt, batch, est: Estimator, cfg: TrainBenchConfig) -> dict[str, float]:
+def _eq_step(model, opt, batch, est: Estimator, free: Relaxation,
+             cfg: TrainBenchConfig) -> dict[str, float]:
     tokens, targets = batch
     t0 = time.perf_counter()
     field = model.field(tokens, targets)
-    sol = relax(field, field.initial_state(), Euler(cfg.eps), tol=cfg.free_tol,
-                max_steps=cfg.free_max_steps, check_every=cfg.check_every, capture=cfg.capture)
+    sol = free.run(field, field.initial_state())
     _sync(cfg.device)
     t1 = time.perf_counter()
     with precision_context(cfg.nudge_precision or cfg.precision, cfg.device):
@@ -215,6 +219,7 @@ def bench_train_step(cfg: TrainBenchConfig, seed: int = 0,
     tokens_per_step = cfg.batch_size * cfg.seq_len
     fl, peak = flops_per_eval(cfg), _peak(cfg.precision, cfg.device)
     rows = []
+    free = cfg.free()  # held across the steps, as the trainer holds its free relaxation
     for kind, (model, est) in steps.items():
         if kind not in kinds:
             continue
@@ -224,7 +229,8 @@ def bench_train_step(cfg: TrainBenchConfig, seed: int = 0,
             if est is None:
                 m = _measure(lambda: _std_step(model, opt, batch, cfg), cfg)  # noqa: B023
             else:
-                m = _measure(lambda: _eq_step(model, opt, batch, est, cfg), cfg)  # noqa: B023
+                m = _measure(lambda: _eq_step(model, opt, batch, est, free, cfg),  # noqa: B023
+                             cfg)
         model.load_state_dict(state)
         tflops = m["nfe"] * fl / m["step"] / 1e12
         rows.append({"kind": kind, **m, "tokens_per_s": tokens_per_step / m["step"],
@@ -249,7 +255,8 @@ def bench_precision(cfg: TrainBenchConfig, seed: int = 0) -> list[dict[str, floa
     def grads(est: Estimator, free: str, grad: str, tol: float) -> dict[str, torch.Tensor]:
         field = model.field(tokens, targets)
         with precision_context(free, cfg.device):
-            sol = relax(field, field.initial_state(), Euler(cfg.eps), tol=tol, max_steps=1000)
+            sol = Relaxation(Euler(cfg.eps), tol=tol, max_steps=1000).run(
+                field, field.initial_state())
         model.zero_grad(set_to_none=True)
         with precision_context(grad, cfg.device):
             est.estimate(field, sol.z).surrogate.backward()
@@ -303,6 +310,7 @@ def bench_relax_loop(cfg: TrainBenchConfig, steps: int = 64, chunk: int = 16,
             def run(n: int, check_every: int, capture: bool) -> float:
                 _sync(cfg.device)
                 t0 = time.perf_counter()
+                # a one-off relaxation: its call cost includes recording the graph
                 relax(field, z0, solver, tol=1e-30, max_steps=n,  # noqa: B023
                       check_every=check_every, capture=capture)
                 _sync(cfg.device)

@@ -61,7 +61,8 @@ def default_tol(dtype: torch.dtype) -> float:
 class SampleJacobian:
     """``J_b = ∂F/∂z (z*)_b`` of one sample as flat matrix-free products.
 
-    An :class:`~eqprop.models.LMField` is restricted to the sample's tokens, so a
+    A :class:`~eqprop.fields.Field` that builds its one-sample field
+    (:meth:`~eqprop.fields.Field.sample`, e.g. the LM's) is restricted to it, so a
     product costs one sample's JVP; any other field is evaluated on the whole
     batch with a tangent that is zero outside sample ``b`` (samples are
     independent, so row ``b`` of the product is ``J_b v``).
@@ -73,16 +74,14 @@ class SampleJacobian:
     """
 
     def __init__(self, F: FieldFn, z_star: Tensor, b: int):
-        from ..models.lm import LMField
-
         if not 0 <= b < z_star.shape[0]:
             raise IndexError(f"sample {b} out of range for a batch of {z_star.shape[0]}")
         self.shape = tuple(z_star.shape[1:])
         self.n = int(np.prod(self.shape))
         self.dtype, self.device = z_star.dtype, z_star.device
-        if isinstance(F, LMField):  # one sample's own field: B× cheaper products
-            tg = None if F.targets is None else F.targets[b : b + 1]
-            self.F, self.z, self.b = F.model.field(F.tokens[b : b + 1], tg), z_star[b : b + 1], 0
+        one = F.sample(b) if isinstance(F, Field) else None
+        if one is not None:  # one sample's own field: B× cheaper products
+            self.F, self.z, self.b = one, z_star[b : b + 1], 0
         else:
             self.F, self.z, self.b = F, z_star, b
         self.z = self.z.detach()

@@ -11,16 +11,23 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from ..errors import ConfigError
 from ..gradients import EP, IFT, AsymEP, Estimator, estimate_grads, gradient_cosine
-from ..solvers.base import Solver, relax
+from ..models import EquilibriumLM
+from ..solvers.base import Solver
 from ..solvers.euler import Euler
+from ..solvers.registry import build_solver
+from ..solvers.relaxation import Relaxation
 from .fixed_point import NewtonSettings, best_fixed_point
+from .subject import subject
+
+if TYPE_CHECKING:
+    from ..train.loaded import LoadedRun
 
 __all__ = ["FidelityResult", "FidelityRow", "default_estimators", "gradient_fidelity"]
 
@@ -70,7 +77,7 @@ def default_estimators() -> dict[str, Estimator]:
     return {"ep": EP(), "asymep": AsymEP(), "ift": IFT(tol=1e-6)}
 
 
-def gradient_fidelity(model_or_run: Any, batch: tuple[Tensor, Tensor],
+def gradient_fidelity(model_or_run: EquilibriumLM | LoadedRun, batch: tuple[Tensor, Tensor],
                       estimators: Mapping[str, Estimator] | None = None, *,
                       reference: Estimator | None = None,
                       tols: Sequence[float] = (1e-2, 1e-3, 1e-4, 1e-5),
@@ -78,8 +85,8 @@ def gradient_fidelity(model_or_run: Any, batch: tuple[Tensor, Tensor],
     """Cosine of each estimator's gradient to the reference, per free-phase tolerance.
 
     Args:
-        model_or_run: an :class:`~eqprop.models.EquilibriumLM` or a loaded run
-            (anything with ``.model``; its ``config.solver`` then sets the default solver).
+        model_or_run: an :class:`~eqprop.models.EquilibriumLM`, or a loaded run
+            (:func:`eqprop.train.load_run`), whose free-phase solver is then the default.
         batch: ``(tokens, targets)``, ``(B, T)`` each.
         estimators: name -> estimator (default: :func:`default_estimators`).
         reference: the reference estimator (default: IFT at 1e-10 in float64, 1e-6 in float32).
@@ -90,7 +97,7 @@ def gradient_fidelity(model_or_run: Any, batch: tuple[Tensor, Tensor],
     Returns:
         A :class:`FidelityResult`.
     """
-    model = getattr(model_or_run, "model", model_or_run)
+    model, run_solver = subject(model_or_run, "gradient_fidelity")
     tols = [float(t) for t in tols]
     if not tols or not all(t > 0 for t in tols):
         raise ConfigError(f"tols={tols!r}: give one or more tolerances > 0")
@@ -98,12 +105,7 @@ def gradient_fidelity(model_or_run: Any, batch: tuple[Tensor, Tensor],
         raise ConfigError(f"max_steps={max_steps!r}: must be an integer ≥ 1")
     estimators = default_estimators() if estimators is None else dict(estimators)
     if solver is None:
-        solver = Euler(0.5)
-        cfg = getattr(getattr(model_or_run, "config", None), "solver", None)
-        if cfg is not None:
-            from ..solvers.registry import build_solver
-
-            solver = build_solver(cfg)
+        solver = Euler(0.5) if run_solver is None else build_solver(run_solver)
     tokens, targets = batch
     device = next(model.parameters()).device
     fld = model.field(tokens.to(device), targets.to(device))
@@ -112,13 +114,13 @@ def gradient_fidelity(model_or_run: Any, batch: tuple[Tensor, Tensor],
     reference = IFT(tol=tight) if reference is None else reference
     # the reference equilibrium: relax, then polish with Newton–Krylov
     z0 = fld.initial_state()
-    sol = relax(fld, z0, solver, tol=tight, max_steps=max_steps)
+    sol = Relaxation(solver, tol=tight, max_steps=max_steps).run(fld, z0)
     start = torch.where(torch.isfinite(sol.z), sol.z, z0)
     ref_point = best_fixed_point(fld, start, NewtonSettings(tol=tight))
     ref_grads, _ = estimate_grads(model, fld, ref_point.z, reference)
     rows = []
-    for tol in tols:
-        sol = relax(fld, z0, solver, tol=tol, max_steps=max_steps)
+    for tol in tols:  # one relaxation per free-phase tolerance
+        sol = Relaxation(solver, tol=tol, max_steps=max_steps).run(fld, z0)
         for name, est in estimators.items():
             grads, res = estimate_grads(model, fld, sol.z, est)
             cos, per = gradient_cosine(grads, ref_grads)

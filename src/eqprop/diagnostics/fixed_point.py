@@ -5,8 +5,10 @@ the orbit a failed relaxation ended on: on a limit cycle of the continuous
 dynamics the instantaneous Jacobian can look perfectly stable. A root finder goes
 where no relaxation goes, also to unstable fixed points (which is the point: an
 unstable fixed point is what a bifurcation leaves behind). This one is a small
-probe for the diagnostics: Newton steps solved by batched GMRES on JVPs, a
-per-sample backtracking line search on ``‖F‖``, and the lowest-residual point kept.
+probe for the diagnostics: the Newton–Krylov step of the solver
+(:func:`~eqprop.solvers.newton_krylov.newton_step`: batched GMRES on JVPs, a per-sample
+backtracking line search on ``‖F‖``) with a fixed linear tolerance, and the lowest-residual
+point kept.
 """
 
 from __future__ import annotations
@@ -17,11 +19,14 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
-from ..fields import FieldFn, jvp
+from ..fields import FieldFn
 from ..solvers.base import bcast, sample_norm
-from ..solvers.krylov import gmres
+from ..solvers.newton_krylov import newton_step
 
 __all__ = ["BestPoint", "NewtonSettings", "best_fixed_point"]
+
+#: sufficient-decrease constant of the line search
+ARMIJO = 1e-4
 
 
 @dataclass
@@ -35,7 +40,7 @@ class NewtonSettings:
         gmres_tol: relative tolerance of each linear solve ``J d = -F``.
         gmres_restart: Krylov dimension between GMRES restarts.
         gmres_iter: JVP budget of each linear solve.
-        backtracks: step halvings tried by the line search.
+        backtracks: step lengths tried by the line search (1, ½, …).
     """
 
     tol: float = 1e-9
@@ -104,28 +109,16 @@ def best_fixed_point(F: FieldFn, z0: Tensor, settings: NewtonSettings | None = N
             active = r > s.tol
             if not bool(active.any()):
                 break
-            d, _ = gmres(lambda v, z=z: jvp(F, z, v), -f, tol=s.gmres_tol,
-                         restart=s.gmres_restart, max_iter=s.gmres_iter)  # (B, ...) J d = -F
-            alpha = torch.ones_like(r)
-            done = ~active
-            f_norm = sample_norm(f)
-            z_new, f_new = z.clone(), f.clone()
-            for _ in range(s.backtracks):  # per-sample Armijo backtracking on ‖F‖
-                z_try = z + bcast(alpha, z) * d
-                f_try = F(z_try)
-                n_try = torch.nan_to_num(sample_norm(f_try), nan=float("inf"))
-                ok = ~done & (n_try <= (1 - 1e-4 * alpha) * f_norm)
-                z_new = torch.where(bcast(ok, z), z_try, z_new)
-                f_new = torch.where(bcast(ok, f), f_try, f_new)
-                done = done | ok
-                alpha = torch.where(done, alpha, alpha / 2)
-                if bool(done.all()):
-                    break
+            # the solver's Newton step, with a fixed linear tolerance and the plain Armijo
+            # test (no forcing term: η = 0 in the line search)
+            z_new, f_new, ok, _ = newton_step(
+                F, z, f, torch.zeros_like(r), gmres_tol=s.gmres_tol, restart=s.gmres_restart,
+                max_krylov=s.gmres_iter, c=ARMIJO, max_backtracks=s.backtracks - 1)
             iterations += 1
-            moved = done & active
+            moved = ok & active  # a sample already at a fixed point stays where it is
             if not bool(moved.any()):  # stuck everywhere: no descent direction left
                 break
-            z, f = z_new, f_new
+            z, f = torch.where(bcast(moved, z), z_new, z), torch.where(bcast(moved, f), f_new, f)
             r = _rel(f, scale)
             better = r < best_r
             best_z = torch.where(bcast(better, z), z, best_z)

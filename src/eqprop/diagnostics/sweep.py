@@ -11,16 +11,21 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from ..errors import ConfigError
 from ..fields import FieldFn
-from ..solvers.base import relax
+from ..models import EquilibriumLM
 from ..solvers.euler import Euler
+from ..solvers.relaxation import Relaxation
 from ..solvers.status import Status
+from .subject import subject
+
+if TYPE_CHECKING:
+    from ..train.loaded import LoadedRun
 
 __all__ = ["SweepResult", "eps_sweep", "sweep_field"]
 
@@ -51,7 +56,7 @@ class SweepResult:
         """Per ε, the number of samples in each status."""
         return [{s.label: int((row == s).sum()) for s in Status} for row in self.status]
 
-    def rows(self) -> list[dict[str, Any]]:
+    def rows(self) -> list[dict[str, float | int]]:
         """One summary row per ε: median floor and final residual, status counts."""
         out = []
         for i, counts in enumerate(self.counts()):
@@ -92,7 +97,7 @@ def sweep_field(F: FieldFn, z0: Tensor, eps_list: Sequence[float], steps: int = 
     final = torch.empty(len(eps), B, dtype=torch.float64)
     status = torch.empty(len(eps), B, dtype=torch.long)
     for i, e in enumerate(eps):
-        sol = relax(F, z0, Euler(eps=e), tol=tol, max_steps=steps, trace=True)
+        sol = Relaxation(Euler(eps=e), tol=tol, max_steps=steps).run(F, z0, trace=True)
         tr = sol.residual_trace.to("cpu", torch.float64)  # (B, S')
         traces[i, :, : tr.shape[1]] = tr
         final[i], status[i] = sol.rel_residual.to("cpu", torch.float64), sol.status.cpu()
@@ -101,15 +106,14 @@ def sweep_field(F: FieldFn, z0: Tensor, eps_list: Sequence[float], steps: int = 
                        steps, tol)
 
 
-def eps_sweep(model_or_run: Any, batch: tuple[Tensor, Tensor] | Tensor,
+def eps_sweep(model_or_run: EquilibriumLM | LoadedRun, batch: tuple[Tensor, Tensor] | Tensor,
               eps_list: Sequence[float], steps: int = 200, *,
               tol: float | None = None) -> SweepResult:
     """ε-sweep of a model's free phase on a batch.
 
     Args:
         model_or_run: an :class:`~eqprop.models.EquilibriumLM`, or a loaded run
-            (anything with ``.model``, e.g. ``eqprop.train.checkpoint.load_run(path)``,
-            whose ``config.solver.tol`` then is the default tolerance).
+            (:func:`eqprop.train.load_run`), whose free-phase tolerance is then the default.
         batch: ``(tokens, targets)`` ``(B, T)`` each, or just ``tokens``.
         eps_list: step sizes.
         steps: step budget T.
@@ -118,13 +122,9 @@ def eps_sweep(model_or_run: Any, batch: tuple[Tensor, Tensor] | Tensor,
     Returns:
         A :class:`SweepResult`.
     """
-    model = getattr(model_or_run, "model", model_or_run)
-    if not hasattr(model, "field"):
-        raise ConfigError(f"eps_sweep: expected a model or a loaded run, got "
-                          f"{type(model_or_run).__name__}")
+    model, run_solver = subject(model_or_run, "eps_sweep")
     if tol is None:
-        solver_cfg = getattr(getattr(model_or_run, "config", None), "solver", None)
-        tol = float(getattr(solver_cfg, "tol", 1e-5))
+        tol = 1e-5 if run_solver is None else float(run_solver.tol)
     tokens, targets = batch if isinstance(batch, (tuple, list)) else (batch, None)
     device = next(model.parameters()).device
     field = model.field(tokens.to(device), None if targets is None else targets.to(device))

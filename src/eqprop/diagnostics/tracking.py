@@ -16,8 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..fields import Field
 from ..gradients import IFT, Estimator, estimate_grads, gradient_cosine
-from ..models.lm import LMField
 from ..solvers.stability import leading_real
 from .base import check_method
 from .eps_crit import eps_crit
@@ -65,24 +65,26 @@ class StabilityTracking:
         """Whether gradient fidelity is measured at training step ``step``."""
         return self.fidelity_every > 0 and step % self.fidelity_every == 0
 
-    def __call__(self, model: nn.Module, field: LMField, z_star: Tensor,
+    def __call__(self, model: nn.Module, field: Field, z_star: Tensor,
                  step: int) -> dict[str, float]:
         """The training loop's tracker hook: :meth:`measure` when :meth:`due`, else ``{}``."""
         return self.measure(model, field, z_star) if self.due(step) else {}
 
-    def measure(self, model: nn.Module, field: LMField, z_star: Tensor) -> dict[str, float]:
+    def measure(self, model: nn.Module, field: Field, z_star: Tensor) -> dict[str, float]:
         """:func:`track_stability` with these settings."""
         return track_stability(model, field, z_star, k=self.k, samples=self.samples,
                                method=self.method, bisect=self.bisect)
 
 
-def _subset(model: nn.Module, field: LMField, z_star: Tensor, samples: int):
+def _subset(field: Field, z_star: Tensor, samples: int) -> tuple[Field, Tensor]:
+    """The field and z* on the first ``samples`` samples (the whole batch for a field that
+    cannot build its head)."""
     s = min(samples, z_star.shape[0])
-    targets = None if field.targets is None else field.targets[:s]
-    return model.field(field.tokens[:s], targets), z_star[:s].detach()
+    head = field.head(s)
+    return (field, z_star.detach()) if head is None else (head, z_star[:s].detach())
 
 
-def track_stability(model: nn.Module, field: LMField, z_star: Tensor, *, k: int = 6,
+def track_stability(model: nn.Module, field: Field, z_star: Tensor, *, k: int = 6,
                     samples: int = 2, method: str = "auto",
                     bisect: bool = False) -> dict[str, float]:
     """Stability of the free equilibrium of a training batch, as floats for the metrics log.
@@ -107,7 +109,7 @@ def track_stability(model: nn.Module, field: LMField, z_star: Tensor, *, k: int 
         ``samples``), ``stability_time_s``.
     """
     t0 = time.perf_counter()
-    sub, z = _subset(model, field, z_star, samples)
+    sub, z = _subset(field, z_star, samples)
     r = eps_crit(sub, z, k=k, bisect=bisect, method=method)
     i = int(torch.nan_to_num(r.eig, nan=float("inf")).argmin())
     mode = r.mode[i]
@@ -131,7 +133,7 @@ def track_stability(model: nn.Module, field: LMField, z_star: Tensor, *, k: int 
     return out
 
 
-def track_fidelity(model: nn.Module, field: LMField, z_star: Tensor, estimator: Estimator,
+def track_fidelity(model: nn.Module, field: Field, z_star: Tensor, estimator: Estimator,
                    reference: Estimator | None = None, *, samples: int = 2) -> dict[str, float]:
     """Cosine of ``estimator`` to the IFT gradient at the same equilibrium.
 
@@ -149,7 +151,7 @@ def track_fidelity(model: nn.Module, field: LMField, z_star: Tensor, estimator: 
     Returns:
         ``grad_cosine`` (global) and ``grad_cosine_min`` (worst parameter).
     """
-    sub, z = _subset(model, field, z_star, samples)
+    sub, z = _subset(field, z_star, samples)
     ref, _ = estimate_grads(model, sub, z, IFT(tol=1e-6) if reference is None else reference)
     est, _ = estimate_grads(model, sub, z, estimator)
     cos, per = gradient_cosine(est, ref)

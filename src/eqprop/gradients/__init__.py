@@ -6,6 +6,7 @@ from .ep import EP, AsymEP
 from .fidelity import estimate_grads, gradient_cosine, grads_of
 from .holo_ep import HoloEP
 from .ift import IFT
+from .nudged import NudgedField
 
 __all__ = ["BPTT", "EP", "IFT", "AsymEP", "Estimator", "EstimatorResult", "HoloEP",
-           "estimate_grads", "gradient_cosine", "grads_of", "surrogate"]
+           "NudgedField", "estimate_grads", "gradient_cosine", "grads_of", "surrogate"]

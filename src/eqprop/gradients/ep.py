@@ -8,11 +8,12 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
-from ..fields import Field, NudgedField
+from ..fields import Field
 from ..solvers.base import Solution, Solver, sample_norm
 from ..solvers.euler import Euler
 from ..solvers.relaxation import Relaxation
 from .base import Estimator, EstimatorResult, surrogate
+from .nudged import NudgedField
 
 __all__ = ["EP", "AsymEP"]
 

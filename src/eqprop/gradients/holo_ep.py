@@ -10,10 +10,11 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
-from ..fields import Field, NudgedField
+from ..fields import Field
 from ..solvers.base import Solution, Solver, relax, sample_norm
 from ..solvers.euler import Euler
 from .base import Estimator, EstimatorResult, surrogate
+from .nudged import NudgedField
 
 __all__ = ["HoloEP"]
 

@@ -151,6 +151,10 @@ class LMField(SplitField):
         targets = None if self.targets is None else self.targets[:n]
         return LMField(self.model, self.tokens[:n], targets)
 
+    def sample(self, b: int) -> LMField:
+        targets = None if self.targets is None else self.targets[b : b + 1]
+        return LMField(self.model, self.tokens[b : b + 1], targets)
+
     def repeated(self, n: int) -> LMField:
         targets = None if self.targets is None else self.targets.repeat(n, 1)
         return LMField(self.model, self.tokens.repeat(n, 1), targets)

@@ -6,8 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError
-from .adaptive import AdaptiveWeight
 from .abscissa import Abscissa
+from .adaptive import AdaptiveWeight
 from .base import Regularizer
 from .homeostasis import Homeostasis
 from .jacreg import JacReg

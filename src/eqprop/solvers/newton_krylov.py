@@ -12,7 +12,7 @@ from ..validate import integer, interval
 from .base import Solver, SolverState, bcast, sample_norm
 from .krylov import gmres
 
-__all__ = ["NewtonKrylov", "batch_forcing", "line_search"]
+__all__ = ["NewtonKrylov", "batch_forcing", "line_search", "newton_step"]
 
 
 def batch_forcing(eta: Tensor, k: Tensor) -> float:
@@ -59,6 +59,35 @@ def line_search(F: FieldFn, z: Tensor, f_norm: Tensor, dz: Tensor, eta: Tensor, 
             break
         t = torch.where(pending, 0.5 * t, t)
     return z_new, f_new, ~pending, evals
+
+
+def newton_step(F: FieldFn, z: Tensor, f: Tensor, eta: Tensor, *, gmres_tol: float, restart: int,
+                max_krylov: int, c: float,
+                max_backtracks: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One damped Newton–Krylov step from ``z`` (``f = F(z)``), every sample on its own.
+
+    Solves ``J δ = -F(z)`` by GMRES on JVPs to the relative tolerance ``gmres_tol``, then
+    backtracks along δ (:func:`line_search` with the forcing terms ``eta``); the one step
+    of :class:`NewtonKrylov` and of the diagnostics' fixed-point search
+    (:func:`~eqprop.diagnostics.fixed_point.best_fixed_point`).
+
+    Args:
+        F: the field; z, f: ``(B, ...)``; eta: ``(B,)`` forcing terms of the line search.
+        gmres_tol, restart, max_krylov: the linear solve's tolerance, Krylov dimension and
+            JVP budget.
+        c, max_backtracks: the line search's sufficient-decrease constant and halvings.
+
+    Returns:
+        ``(z_new, f_new, accepted (B,) bool, evaluations (B,) long)``: a sample whose line
+        search failed keeps ``z`` and ``f``; evaluations count JVPs and line-search F's.
+    """
+    dz, info = gmres(lambda v: jvp(F, z, v), -f, tol=gmres_tol, restart=restart,
+                     max_iter=max_krylov)  # (B, ...) J δ = -F
+    z_new, f_new, ok, evals = line_search(F, z, sample_norm(f), dz, eta, c=c,
+                                          max_backtracks=max_backtracks)
+    keep = bcast(ok, z)
+    return (torch.where(keep, z_new, z), torch.where(keep, f_new, f), ok,
+            info.matvecs + evals)
 
 
 @dataclass
@@ -131,12 +160,9 @@ class NewtonKrylov(Solver):
         z, f, aux = state.z, state.f, state.aux
         f_norm = sample_norm(f)  # (B,)
         eta = self.forcing(f_norm, aux["f_prev"], aux["eta"])
-        dz, info = gmres(lambda v: jvp(F, z, v), -f, tol=batch_forcing(eta, aux["k"]),
-                         restart=self.restart, max_iter=self.max_krylov)
-        z_new, f_new, ok, evals = line_search(F, z, f_norm, dz, eta, c=self.c,
-                                              max_backtracks=self.max_backtracks)
-        keep = bcast(ok, z)
+        z_new, f_new, ok, evals = newton_step(
+            F, z, f, eta, gmres_tol=batch_forcing(eta, aux["k"]), restart=self.restart,
+            max_krylov=self.max_krylov, c=self.c, max_backtracks=self.max_backtracks)
         new_aux = {"eta": eta, "f_prev": torch.where(ok, f_norm, aux["f_prev"]),
                    "k": aux["k"] + 1, "failed": aux["failed"] + ~ok}
-        return SolverState(z=torch.where(keep, z_new, z), f=torch.where(keep, f_new, f),
-                           nfe=self.charge(state, F, info.matvecs + evals), aux=new_aux)
+        return SolverState(z=z_new, f=f_new, nfe=self.charge(state, F, evals), aux=new_aux)

@@ -29,10 +29,11 @@ from .euler import Euler
 from .implicit import IMEX, ImplicitConfig, PTCConfig
 from .newton_krylov import NewtonKrylov
 from .ode import ODEConfig
+from .relaxation import Relaxation
 from .stability import MODES as STABILITY_MODES
 
-__all__ = ["CAPTURABLE", "FLAT_SETTINGS", "SOLVERS", "SolverConfig", "build_solver",
-           "migrate_flat", "solver_class"]
+__all__ = ["CAPTURABLE", "FLAT_SETTINGS", "SOLVERS", "SolverConfig", "build_relaxation",
+           "build_solver", "migrate_flat", "solver_class"]
 
 #: config name -> the class of its section (a solver, or the settings that build one)
 SOLVERS: dict[str, type] = {
@@ -185,3 +186,24 @@ def migrate_flat(values: dict[str, Any]) -> dict[str, Any]:
                 out[section] = {setting: values[old], **node}
     return out
 
+
+
+def build_relaxation(cfg: SolverConfig, *, solver: Solver | None = None,
+                     stability: str | None = None, capture: bool | None = None) -> Relaxation:
+    """The :class:`~eqprop.solvers.relaxation.Relaxation` a :class:`SolverConfig` describes:
+    its solver, ``tol``, ``max_steps``, ``check_every``, ``capture`` and ``stability`` (the
+    one way the library turns solver settings into the object that relaxes).
+
+    Args:
+        cfg: the solver settings.
+        solver: the solver to use instead of building ``cfg``'s (e.g. one the wall guard
+            swapped in).
+        stability: replaces ``cfg.stability`` (e.g. ``"always"`` where every sample's
+            stability is reported).
+        capture: replaces ``cfg.capture`` (e.g. False where every call has a new shape,
+            so that a recorded CUDA graph would never be replayed).
+    """
+    return Relaxation(build_solver(cfg) if solver is None else solver, tol=cfg.tol,
+                      max_steps=cfg.max_steps, check_every=cfg.check_every,
+                      capture=cfg.capture if capture is None else capture,
+                      stability=cfg.stability if stability is None else stability)

@@ -41,8 +41,8 @@ from .base import Solution, Solver, sample_norm
 from .status import Status
 
 __all__ = ["KRYLOV_DIM", "MODES", "Krylov", "StabilityEstimate", "arnoldi", "assess_stability",
-           "check_mask", "check_mode", "check_relaxation", "checks", "leading_mode", "leading_real", "probe",
-           "ritz"]
+           "check_mask", "check_mode", "check_relaxation", "checks", "leading_mode", "leading_real",
+           "probe", "ritz"]
 
 #: when relax checks stability: root finders' converged samples, every sample, never
 MODES = ("auto", "always", "never")
@@ -161,7 +161,7 @@ def _ritz_pairs(kr: Krylov) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     ``torch.linalg.eig`` is far slower): ``(theta (B, m), Y (B, m, m), H, k, finite)``,
     H and k on the CPU."""
     H, k = kr.H.cpu(), kr.k.cpu()  # one transfer: (B, m+1, m), (B,)
-    B, m = H.shape[0], H.shape[2]
+    m = H.shape[2]
     finite = torch.isfinite(H.abs().sum((1, 2)))  # (B,)
     H = torch.where(finite[:, None, None], H, torch.zeros_like(H))
     idx = torch.arange(m)

@@ -1,4 +1,12 @@
-"""Training: config, loop, checkpoints, metrics, plots, evaluation and sampling."""
+"""Training: config, loop, checkpoints, metrics, plots, evaluation and sampling.
+
+The package is also its main function: ``eqprop.train(cfg)`` is :func:`eqprop.train.run.train`
+(the import system binds ``eqprop.train`` to this package, so the top-level ``train`` is the
+package, made callable).
+"""
+
+import sys
+import types
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import EvalConfig, OptimConfig, RunConfig, ScheduleConfig, TrainConfig
@@ -15,3 +23,12 @@ __all__ = ["DistContext", "EvalConfig", "Generation", "LoadedRun", "OptimConfig"
            "config_from_dict", "config_to_dict", "evaluate", "generate", "init_distributed",
            "is_main_process", "load_checkpoint", "load_config_file", "load_run",
            "resume_config", "save_checkpoint", "save_config", "train"]
+
+
+class _TrainPackage(types.ModuleType):
+    """The type of this package: calling it calls :func:`~eqprop.train.run.train`."""
+
+    __call__ = staticmethod(train)
+
+
+sys.modules[__name__].__class__ = _TrainPackage

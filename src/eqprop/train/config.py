@@ -298,5 +298,5 @@ class TrainConfig:
         if self.stability.enabled and (self.regularizer.name == "none"
                                        or self.regularizer.adaptive):
             raise ConfigError("stability.enabled=true sets the Jacobian penalty's weight: "
-                              "choose regularizer.name jacreg, homeostasis or abscissa with a fixed "
-                              "weight (regularizer.adaptive false)")
+                              "choose regularizer.name jacreg, homeostasis or abscissa with a "
+                              "fixed weight (regularizer.adaptive false)")

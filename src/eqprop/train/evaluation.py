@@ -8,8 +8,7 @@ import torch
 
 from ..data import Corpus
 from ..models import EquilibriumLM
-from ..solvers import relax
-from ..solvers.registry import SolverConfig, build_solver
+from ..solvers.registry import SolverConfig, build_relaxation
 from .config import EvalConfig
 from .metrics import status_counts
 
@@ -46,20 +45,15 @@ def evaluate(model: EquilibriumLM, corpus: Corpus, solver: SolverConfig, cfg: Ev
     """
     T = model.cfg.seq_len
     gen = torch.Generator().manual_seed(seed)
-    train_solver, ref = build_solver(solver), cfg.reference
-    ref_solver = build_solver(ref)
+    # every sample's stability measured, whatever the solver (solvers/stability.py)
+    free, ref = build_relaxation(solver, stability="always"), build_relaxation(cfg.reference)
     ce, ce_ref, res, res_ref, nfe, nfe_ref, sols, ref_sols = [], [], [], [], [], [], [], []
     for _ in range(cfg.batches):
         tokens, targets = corpus.get_batch(split, cfg.batch_size, T, gen)
         field = model.field(tokens.to(device), targets.to(device))
-        # every sample's stability measured, whatever the solver (solvers/stability.py)
-        sol = relax(field, field.initial_state(), train_solver, tol=solver.tol,
-                    max_steps=solver.max_steps, check_every=solver.check_every,
-                    capture=solver.capture, stability="always")
+        sol = free.run(field, field.initial_state())
         # warm start: the reference only has to finish the job (or undo a cycle)
-        sol_ref = relax(field, sol.z, ref_solver, tol=ref.tol, max_steps=ref.max_steps,
-                        check_every=ref.check_every, capture=ref.capture,
-                        stability=ref.stability)
+        sol_ref = ref.run(field, sol.z)
         ce.append(field.loss(sol.z))  # (B,)
         ce_ref.append(field.loss(sol_ref.z))
         res.append(sol.rel_residual)

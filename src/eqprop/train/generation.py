@@ -21,7 +21,8 @@ from torch import Tensor
 from ..data import Vocab
 from ..errors import ConfigError, DataError
 from ..models import EquilibriumLM, StandardLM
-from ..solvers import Solution, Solver, relax
+from ..solvers import Solution, Solver
+from ..solvers.relaxation import Relaxation
 from ..solvers.status import Status
 
 __all__ = ["Generation", "generate"]
@@ -135,8 +136,10 @@ def generate(model: EquilibriumLM, vocab: Vocab, prompt: str, tokens: int, *,
     nfe: list[int] = []
     status = {s.label: 0 for s in Status}
     stopped = None
+    # one relaxation for every character (no CUDA graphs: the context grows by one a call)
+    relaxation = Relaxation(solver, tol=tol, max_steps=max_steps)
     field = model.field(ctx)
-    sol: Solution = relax(field, field.initial_state(), solver, tol=tol, max_steps=max_steps)
+    sol: Solution = relaxation.run(field, field.initial_state())
     for i in range(tokens):
         nfe.append(int(sol.nfe[0]))
         status[Status(int(sol.status[0])).label] += 1
@@ -159,6 +162,6 @@ def generate(model: EquilibriumLM, vocab: Vocab, prompt: str, tokens: int, *,
         z0 = field.initial_state()  # (1, L, t+1, D): every layer at the drive
         if warm_start:
             z0 = torch.cat([z_prev, z0[:, :, -1:]], dim=2)
-        sol = relax(field, z0, solver, tol=tol, max_steps=max_steps)
+        sol = relaxation.run(field, z0)
     return Generation(text=vocab.decode(torch.tensor(out, dtype=torch.long)), nfe=nfe,
                       status=status, stopped=stopped)

@@ -8,6 +8,7 @@ returns a :class:`LoadedRun` whose :meth:`~LoadedRun.generate` and
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -16,8 +17,8 @@ from torch import Tensor
 from ..data import Vocab
 from ..errors import CheckpointError, ConfigError, DataError
 from ..models import EquilibriumLM, StandardLM
-from ..solvers import relax
-from ..solvers.registry import build_solver
+from ..solvers.registry import build_relaxation, build_solver
+from ..solvers.relaxation import Relaxation
 from .checkpoint import (
     Checkpoint,
     has_checkpoint,
@@ -98,11 +99,14 @@ class LoadedRun:
         ids = (ids[None] if ids.dim() == 1 else ids).to(device)  # (B, T)
         if isinstance(self.model, StandardLM):
             return self.model(ids)
-        s = self.config.solver
         field = self.model.field(ids)
-        sol = relax(field, field.initial_state(), build_solver(s), tol=s.tol,
-                    max_steps=s.max_steps)
+        sol = self.free_relaxation.run(field, field.initial_state())
         return self.model.logits(sol.z)
+
+    @cached_property
+    def free_relaxation(self) -> Relaxation:
+        """The run's free-phase relaxation (its solver settings), built once."""
+        return build_relaxation(self.config.solver)
 
 
 def _config_and_vocab(ck: Checkpoint) -> tuple[TrainConfig, Vocab]:

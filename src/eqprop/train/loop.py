@@ -32,7 +32,7 @@ from ..errors import ConfigError
 from ..gradients.registry import BACKPROP, build_estimator
 from ..models import EquilibriumLM, LMField, StandardLM, build_model
 from ..solvers import Solution, Status
-from ..solvers.registry import build_solver
+from ..solvers.registry import build_relaxation, build_solver
 from ..solvers.relaxation import Relaxation
 from .backprop import backprop_step, evaluate_forward
 from .checkpoint import (
@@ -217,9 +217,7 @@ class Trainer:
         """The free phase's relaxation, built once (rebuilt if the guard swapped the solver)."""
         sc = self.cfg.solver
         if self._free is None or self._free.solver is not self.solver:
-            self._free = Relaxation(self.solver, tol=sc.tol, max_steps=sc.max_steps,
-                                    check_every=sc.check_every, capture=sc.capture,
-                                    stability=sc.stability)
+            self._free = build_relaxation(sc, solver=self.solver)
         return self._free
 
     def train_step(self, tokens: Tensor, targets: Tensor) -> dict[str, Any]:

@@ -2,8 +2,8 @@
 
 A gradient estimate is only as good as the equilibria it was taken at. Relaxations
 that diverged, landed on an unstable point or met NaN/Inf give a number, and often
-a finite one (holomorphic EP whose nudged relaxations diverge was measured to
-return a gradient of norm ~1e140); the optimiser must never see it. The filter
+a finite one (measured cases: docs/reliability.md, "Estimates that cannot be trusted");
+the optimiser must never see it. The filter
 looks at the status counts of the free and the nudged relaxations and the gradient norm,
 and answers None (apply) or the reason to reject. The trainer applies the verdict
 (skips the step and logs the reason), so a rejected update never reaches the
