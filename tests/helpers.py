@@ -233,6 +233,17 @@ TINY3 = [*TINY, "--schedule.steps", "3"]
 STEPS, CKPT = 8, 2
 
 
+def field_batches(model, n: int, B: int = 4, seed: int = 3):
+    """``n`` fields of ``model`` on random token batches ``(B, seq_len)`` (vocabulary 11),
+    on the model's device."""
+    g = torch.Generator().manual_seed(seed)
+    dev = next(model.parameters()).device
+    for _ in range(n):
+        tokens = torch.randint(0, 11, (B, model.cfg.seq_len), generator=g).to(dev)
+        targets = torch.randint(0, 11, (B, model.cfg.seq_len), generator=g).to(dev)
+        yield model.field(tokens, targets)
+
+
 def write_text(folder: Path) -> str:
     """:data:`TEXT` as ``folder/text.txt``; returns the path."""
     p = Path(folder) / "text.txt"

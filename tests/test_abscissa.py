@@ -9,8 +9,7 @@ import torch
 
 from eqprop.regularizers import Abscissa, RegularizerConfig, build_regularizer
 from eqprop.solvers.stability import leading_mode
-
-from .conftest import tiny_problem
+from tests.helpers import tiny_problem
 
 #: 1 layer, T 4, D 4: 16 unknowns per sample, so 16 Arnoldi steps span the whole space
 SMALL = dict(d_model=4, n_heads=2, d_ff=8, n_layers=1, seq_len=4)

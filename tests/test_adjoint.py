@@ -8,8 +8,7 @@ import torch
 
 from eqprop.gradients import IFT
 from eqprop.gradients.adjoint import AdjointField
-
-from .conftest import tiny_problem
+from tests.helpers import field_batches, tiny_problem
 
 
 def _dense_adjoint(field, z):
@@ -65,13 +64,12 @@ def test_replayed_adjoint_matches_eager_on_gpu():
     across batches and read in-place parameter updates."""
     from eqprop.solvers import Euler, relax
 
-    from .test_relaxation import _batches  # noqa: PLC0415
 
     model, _, _ = tiny_problem("asym", B=4)
     model = model.cuda()
     cap = IFT(tol=1e-9, adjoint="anderson", capture=True, check_every=8, max_iter=1000)
     eager = IFT(tol=1e-9, adjoint="anderson", max_iter=1000)
-    for i, field in enumerate(_batches(model, 3)):
+    for i, field in enumerate(field_batches(model, 3)):
         z = relax(field, field.initial_state(), Euler(0.5), tol=1e-10, max_steps=2000).z
         a, b = cap.estimate(field, z), eager.estimate(field, z)
         torch.testing.assert_close(a.signal, b.signal, atol=1e-7, rtol=1e-6)

@@ -11,18 +11,9 @@ from eqprop.gradients import AsymEP
 from eqprop.gradients.nudged import NudgedField
 from eqprop.solvers import Anderson, Euler, NewtonKrylov, SolverConfig, build_solver, relax
 from eqprop.solvers.relaxation import Relaxation
-from tests.helpers import tiny_problem
+from tests.helpers import field_batches, tiny_problem
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
-
-
-def _batches(model, n: int, B: int = 4, seed: int = 3):
-    g = torch.Generator().manual_seed(seed)
-    dev = next(model.parameters()).device
-    for _ in range(n):
-        tokens = torch.randint(0, 11, (B, model.cfg.seq_len), generator=g).to(dev)
-        targets = torch.randint(0, 11, (B, model.cfg.seq_len), generator=g).to(dev)
-        yield model.field(tokens, targets)
 
 
 def _same(a, b, atol: float) -> None:
@@ -41,7 +32,7 @@ def _same(a, b, atol: float) -> None:
 def test_relaxation_equals_relax_on_every_batch():
     model, _, _ = tiny_problem("asym", B=4)
     r = Relaxation(Anderson(eps=0.5), tol=1e-9, max_steps=200, check_every=7)
-    for field in _batches(model, 3):
+    for field in field_batches(model, 3):
         z0 = field.initial_state()
         _same(r.run(field, z0), relax(field, z0, Anderson(eps=0.5), tol=1e-9, max_steps=200),
               atol=0)
@@ -91,7 +82,7 @@ def test_replayed_graphs_match_eager_across_batches_on_gpu(name):
                      capture=True)
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message="Relaxation: CUDA-graph capture failed")
-        for field in _batches(model, 3):
+        for field in field_batches(model, 3):
             z0 = field.initial_state()
             eager = relax(field, z0, build_solver(SolverConfig(name=name)), tol=1e-9, max_steps=300)
             _same(cap.run(field, z0), eager, atol=1e-6)
@@ -106,7 +97,7 @@ def test_replayed_asymep_matches_eager_across_batches_on_gpu():
     model = model.cuda()
     kw = dict(beta=1e-3, solver=Anderson(eps=0.5), tol=1e-6, max_steps=300, check_every=8)
     cap, eager = AsymEP(capture=True, **kw), AsymEP(**kw)
-    for i, field in enumerate(_batches(model, 3)):
+    for i, field in enumerate(field_batches(model, 3)):
         z = relax(field, field.initial_state(), Euler(0.5), tol=1e-10, max_steps=2000).z
         with warnings.catch_warnings():
             warnings.filterwarnings("error", message="Relaxation: CUDA-graph capture failed")
