@@ -162,7 +162,7 @@ def main() -> None:
     m = cfg.model
     lines = [f"# Training step at the study size ({dev}, torch {torch.__version__})", "",
              f"`python benchmarks/study_step.py --config {a.config} --out {a.out} "
-             f"--warmup {a.warmup} --repeats {a.repeats}`", "",
+             f"--kinds {a.kinds} --warmup {a.warmup} --repeats {a.repeats}`", "",
              f"d_model {m.d_model}, {m.n_heads} heads, d_ff {m.d_ff}, {m.n_layers} layer(s), "
              f"T {m.seq_len}, batch {cfg.data.batch_size}; free phase {cfg.solver.name} "
              f"(tol {cfg.solver.tol}, check every {cfg.solver.check_every}, capture "
