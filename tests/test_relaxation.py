@@ -111,3 +111,18 @@ def test_replayed_asymep_matches_eager_across_batches_on_gpu():
                 for p in model.parameters():
                     p.mul_(1.05)
     assert len(cap.relaxation._graphs) == 1
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_evaluation_budget_stops_each_sample_after_the_step_that_reaches_it():
+    model, field, _ = tiny_problem("asym", B=3)
+    z0 = field.initial_state()
+    sol = Relaxation(Euler(0.5), tol=1e-14, max_steps=100, max_nfe=7, check_every=4).run(
+        field, z0)
+    assert sol.nfe.tolist() == [7, 7, 7] and sol.steps.tolist() == [6, 6, 6]  # F(z0) + 6 steps
+    _same(sol, relax(field, z0, Euler(0.5), tol=1e-14, max_steps=6), atol=0)
+    # a sample that converges first is not held to the budget
+    loose = Relaxation(Euler(0.5), tol=1e-3, max_steps=100, max_nfe=10_000).run(field, z0)
+    assert loose.converged.all() and (loose.nfe < 10_000).all()
+    with pytest.raises(ValueError, match="max_nfe=0"):
+        Relaxation(Euler(0.5), max_nfe=0)

@@ -5,24 +5,23 @@ with rotating modes."""
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 
 import torch
 from torch import Tensor
 
-from ..fields import Field, FieldFn
-from ..solvers.base import Solver, SolverState, sample_norm
+from ..fields import Field
+from ..solvers.base import sample_norm
 from ..split import SplitField
 
-__all__ = ["Budgeted", "CountingField", "counting", "stiff_field"]
+__all__ = ["CountingField", "counting", "stiff_field"]
 
 
 class CountingField(Field):
     """Wraps a field: counts batched evaluations (F and JVPs) and records, per call,
-    each sample's relative residual; after ``budget`` calls it returns NaN so that
-    any solver stops."""
+    each sample's relative residual; after ``budget`` calls (None: never) it returns NaN,
+    so that a peer solver whose loop cannot be given a budget stops."""
 
-    def __init__(self, field: Field, budget: int):
+    def __init__(self, field: Field, budget: int | None):
         self.field, self.budget = field, budget
         self.calls = 0
         self.first_hit: Tensor | None = None  # (B,) call index at which g ≤ tol first
@@ -30,7 +29,7 @@ class CountingField(Field):
 
     def _count(self, z: Tensor, out: Tensor) -> Tensor:
         self.calls += 1
-        if self.calls > self.budget:
+        if self.budget is not None and self.calls > self.budget:
             return torch.full_like(out, float("nan"))
         return out
 
@@ -56,26 +55,9 @@ class _CountingSplitField(CountingField, SplitField):
         return self.field.nonconservative(z)
 
 
-def counting(field: Field, budget: int) -> CountingField:
+def counting(field: Field, budget: int | None) -> CountingField:
     """A :class:`CountingField` around ``field``, a split one when ``field`` declares a split."""
     return (_CountingSplitField if isinstance(field, SplitField) else CountingField)(field, budget)
-
-
-class Budgeted(Solver):
-    """Stops a solver once its counted field has spent the budget: the samples still
-    relaxing get a NaN residual, so that relax ends them (as non-finite)."""
-
-    def __init__(self, inner: Solver, counted: CountingField):
-        self.inner, self.counted = inner, counted
-        self.follows_flow = inner.follows_flow  # relax's stability check: as the inner solver
-
-    def init(self, F: FieldFn, z0: Tensor) -> SolverState:
-        return self.inner.init(F, z0)
-
-    def step(self, F: FieldFn, state: SolverState) -> SolverState:
-        if self.counted.calls >= self.counted.budget:
-            return replace(state, f=torch.full_like(state.f, float("nan")))
-        return self.inner.step(F, state)
 
 
 def stiff_field(dim: int, b_max: float, B: int, seed: int, dtype: torch.dtype) -> Field:

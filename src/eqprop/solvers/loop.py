@@ -87,15 +87,18 @@ def start(F: FieldFn, z0: Tensor, solver: Solver, tol: Tolerance, max_steps: int
 
 
 def advance(F: FieldFn, solver: Solver, loop: Loop, n: int, tol: Tolerance, max_steps: int,
-            scale: Tensor | None) -> Loop:
+            scale: Tensor | None, max_nfe: int | None = None) -> Loop:
     """``n`` masked steps: inactive samples, and every sample once ``t`` reaches
     ``max_steps``, keep their state, NFE and step count (so a chunk may overrun the
-    budget on the device without changing the result)."""
+    budget on the device without changing the result). With ``max_nfe`` a sample also
+    stops once it has spent that many evaluations (the step that crosses it is kept)."""
     for _ in range(n):
         go = loop.active & (loop.t < max_steps)  # (B,)
         state = loop.state.where(go, solver.step(F, loop.state))
         loop = replace(loop, state=state, steps=loop.steps + go, t=loop.t + 1)
         loop = _measure(loop, tol, scale)
+        if max_nfe is not None:
+            loop = replace(loop, active=loop.active & (loop.state.nfe < max_nfe))
     return loop
 
 
@@ -112,7 +115,8 @@ class _Graph:
     """``k`` steps recorded once as a CUDA graph; ``replay`` advances ``static`` in place."""
 
     def __init__(self, F: FieldFn, solver: Solver, static: Loop, k: int, tol: Tolerance,
-                 max_steps: int, scale: Tensor | None, stream: torch.cuda.Stream) -> None:
+                 max_steps: int, scale: Tensor | None, stream: torch.cuda.Stream,
+                 max_nfe: int | None = None) -> None:
         self.static = static
         self.graph = torch.cuda.CUDAGraph()
         # capture_begin/end rather than torch.cuda.graph(), which also runs gc.collect() on
@@ -120,7 +124,7 @@ class _Graph:
         stream.synchronize()  # the warm-up chunk is done before recording starts
         self.graph.capture_begin()
         try:
-            copy_into(static, advance(F, solver, static, k, tol, max_steps, scale))
+            copy_into(static, advance(F, solver, static, k, tol, max_steps, scale, max_nfe))
         finally:
             self.graph.capture_end()
 
@@ -137,7 +141,8 @@ class _Graph:
 
 
 def run_loop(F: FieldFn, z0: Tensor, solver: Solver, *, tol: Tolerance, max_steps: int,
-             check_every: int, scale: Tensor | None, capture: bool) -> Loop:
+             check_every: int, scale: Tensor | None, capture: bool,
+             max_nfe: int | None = None) -> Loop:
     """Run the loop of ``relax`` to the end; the host checks every ``check_every`` steps.
 
     With ``capture`` (CUDA only) the whole loop runs on a side stream (capture
@@ -149,12 +154,12 @@ def run_loop(F: FieldFn, z0: Tensor, solver: Solver, *, tol: Tolerance, max_step
     loop with a warning.
     """
     if not capture:
-        return _run(F, z0, solver, tol, max_steps, check_every, scale, None)
+        return _run(F, z0, solver, tol, max_steps, check_every, scale, None, max_nfe)
     caller = torch.cuda.current_stream(z0.device)
     stream = torch.cuda.Stream(device=z0.device)
     stream.wait_stream(caller)
     with torch.cuda.stream(stream):
-        loop = _run(F, z0, solver, tol, max_steps, check_every, scale, stream)
+        loop = _run(F, z0, solver, tol, max_steps, check_every, scale, stream, max_nfe)
     caller.wait_stream(stream)
     for v in loop.tensors():  # made on the side stream, used on the caller's
         v.record_stream(caller)
@@ -162,7 +167,8 @@ def run_loop(F: FieldFn, z0: Tensor, solver: Solver, *, tol: Tolerance, max_step
 
 
 def _run(F: FieldFn, z0: Tensor, solver: Solver, tol: Tolerance, max_steps: int, check_every: int,
-         scale: Tensor | None, stream: torch.cuda.Stream | None) -> Loop:
+         scale: Tensor | None, stream: torch.cuda.Stream | None,
+         max_nfe: int | None = None) -> Loop:
     loop = start(F, z0, solver, tol, max_steps, scale, check_every)
     graph: _Graph | None = None
     t = 0
@@ -172,10 +178,11 @@ def _run(F: FieldFn, z0: Tensor, solver: Solver, tol: Tolerance, max_steps: int,
             if graph is not None and n == check_every:
                 loop = graph.replay()
             else:
-                loop = advance(F, solver, loop, n, tol, max_steps, scale)
+                loop = advance(F, solver, loop, n, tol, max_steps, scale, max_nfe)
                 if stream is not None and n == check_every:  # that was the warm-up: record
                     try:
-                        graph = _Graph(F, solver, loop, n, tol, max_steps, scale, stream)
+                        graph = _Graph(F, solver, loop, n, tol, max_steps, scale, stream,
+                                       max_nfe)
                     except RuntimeError as e:
                         warnings.warn(f"relax: CUDA-graph capture failed, running eagerly "
                                       f"({str(e).splitlines()[0]})", stacklevel=4)

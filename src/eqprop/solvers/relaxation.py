@@ -98,6 +98,8 @@ class Relaxation:
         stability: ``"auto"`` (the converged samples of solvers that do not follow the
             flow), ``"always"`` (every finite sample) or ``"never"``.
         max_steps: step budget (≥ 0).
+        max_nfe: evaluation budget per sample (None: only ``max_steps``); a sample stops
+            after the step that reaches it.
         check_every: look for "all done" on the host every k steps (≥ 1).
         capture: on CUDA, record the loop as CUDA graphs (see the module docstring);
             needs a solver with ``capturable = True`` and an ``F`` that never
@@ -112,6 +114,7 @@ class Relaxation:
     capture: bool = False
     atol: float | None = None
     stability: str = "auto"
+    max_nfe: int | None = None
     _graphs: dict[tuple, _Replay] = field(default_factory=dict, init=False, repr=False)
     _failed: set[tuple] = field(default_factory=set, init=False, repr=False)
 
@@ -126,6 +129,9 @@ class Relaxation:
         if isinstance(self.check_every, bool) or not (isinstance(self.check_every, int)
                                                        and self.check_every >= 1):
             raise ValueError(f"check_every={self.check_every!r}: must be an integer ≥ 1")
+        if self.max_nfe is not None and (isinstance(self.max_nfe, bool) or not (
+                isinstance(self.max_nfe, int) and self.max_nfe >= 1)):
+            raise ValueError(f"max_nfe={self.max_nfe!r}: must be an integer ≥ 1 or None")
         if self.capture and not self.solver.capturable:
             raise ValueError(f"capture=True: {type(self.solver).__name__} synchronises with "
                              "the host and cannot be captured (capturable solvers: Euler, "
@@ -155,7 +161,8 @@ class Relaxation:
               capture: bool) -> Solution:
         """The loop run for this call alone (a graph, if any, recorded and released)."""
         loop = run_loop(F, z0, self.solver, tol=self._tol, max_steps=self.max_steps,
-                        check_every=self.check_every, scale=scale, capture=capture)
+                        check_every=self.check_every, scale=scale, capture=capture,
+                        max_nfe=self.max_nfe)
         sol = to_solution(loop, self._tol, trace)
         return check_relaxation(F, sol, self.solver, self.stability, f=loop.state.f)
 
@@ -223,7 +230,7 @@ class Relaxation:
             # warm-up on the side stream (lazy initialisations must not happen in capture)
             F.refresh()
             warm = start(F, z0_s, solver, self._tol, self.max_steps, scale_s, k)
-            advance(F, solver, warm, k, self._tol, self.max_steps, scale_s)
+            advance(F, solver, warm, k, self._tol, self.max_steps, scale_s, self.max_nfe)
             del warm
             stream.synchronize()
             prologue = torch.cuda.CUDAGraph()
@@ -237,7 +244,7 @@ class Relaxation:
             chunk.capture_begin()
             try:
                 copy_into(loop, advance(F, solver, loop, k, self._tol, self.max_steps,
-                                        scale_s))
+                                        scale_s, self.max_nfe))
             finally:
                 chunk.capture_end()
             check, krylov, v0 = None, None, None
