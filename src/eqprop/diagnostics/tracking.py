@@ -39,7 +39,7 @@ class StabilityTracking:
             (0: never).
     """
 
-    every: int = 100
+    every: int = 50
     k: int = 6
     samples: int = 2
     method: str = "auto"

@@ -45,8 +45,7 @@ class Broyden(Solver):
     products (``H F(z_k + s)`` and ``Hᴴ s``) and one evaluation of F. On an affine field
     with an unbounded history the iterates stay in the Krylov space of ``J`` and
     terminate in at most ``2N`` steps (Gay 1979); a history shorter than that makes
-    the restarts cost that property (on the 64-dimensional stiff bench field
-    ``m = 64`` reaches 19 % of the samples, ``m = 100`` all of them).
+    the restarts cost that property (measured on the solver bench: docs/solvers.md).
 
     Safeguard, per sample: a step after which ``‖F‖`` exceeds ``restart_growth``
     times its value before is rejected (the sample stays where it was), but its
@@ -65,9 +64,7 @@ class Broyden(Solver):
         m: history size (≥ 1): rank of the correction to ``H_0`` before a restart.
         eps: scale ε of the initial inverse Jacobian ``-ε I`` (finite, > 0).
         restart_growth: growth of ``‖F‖`` at which a step is rejected (≥ 1; ``inf``
-            accepts every finite step). Measured on the solver bench: 1.5–2 saves
-            ~7 % of the NFE on the stiff linear field, but makes some samples of the
-            sharp-attention LM reject for hundreds of steps; 4 costs neither.
+            accepts every finite step; the default's trade-off: docs/solvers.md).
     """
 
     capturable: ClassVar[bool] = True

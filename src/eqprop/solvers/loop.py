@@ -133,9 +133,8 @@ class _Graph:
         return self.static
 
     def release(self) -> None:
-        """Give the graph's memory back now. Measured on an H100 (torch 2.11): without
-        ``empty_cache`` the reserved memory grew by ~1.7–2.8 GiB per AsymEP step at
-        d_model 512 (the released private pools stayed cached)."""
+        """Give the graph's memory back now: without ``empty_cache`` the released private
+        pools stay cached and the reserved memory grows per step (measured: docs/gpu.md)."""
         self.graph.reset()
         torch.cuda.empty_cache()
 

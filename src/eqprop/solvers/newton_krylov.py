@@ -100,9 +100,8 @@ class NewtonKrylov(Solver):
     above 10 ulp of the dtype, which GMRES cannot resolve), then backtracks along δ
     (:func:`line_search`). The first step is solved tightly (``eta0 = 1e-6``): on a
     near-linear field that one step is the answer, in as many JVPs as the Krylov
-    dimension the spectrum needs (64 NFE on the bench's 64-dimensional stiff field,
-    against 148 with the textbook ``eta0 = 0.1``, whose later steps rebuild the Krylov
-    space from scratch; ``benchmarks/results/solvers_cpu.md``). A root finder converges
+    dimension the spectrum needs (the textbook ``eta0 = 0.1`` costs more: its later steps
+    rebuild the Krylov space from scratch; measured in docs/solvers.md). A root finder converges
     to any equilibrium, also one that is not continuous-stable (a saddle the hardware
     would never settle on): check the spectrum at the result when it matters.
 

@@ -273,7 +273,7 @@ class TrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
     regularizer: RegularizerConfig = field(default_factory=RegularizerConfig)
-    tracking: StabilityTracking = field(default_factory=lambda: StabilityTracking(every=50))
+    tracking: StabilityTracking = field(default_factory=StabilityTracking)
     guard: GuardConfig = field(default_factory=GuardConfig)
     stability: StabilityConfig = field(default_factory=StabilityConfig)
 
