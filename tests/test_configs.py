@@ -18,3 +18,13 @@ def test_study_config_is_the_study_size():
     assert cfg.solver.name == cfg.estimator.nudge.name == "anderson"
     assert cfg.solver.tol == 1e-4
     assert cfg.solver.capture and cfg.estimator.nudge.capture  # CUDA graphs (CPU: eager)
+
+
+def test_abscissa_recipe_is_the_study_size_with_the_hinge_and_a_small_anderson_eps():
+    base = config_from_dict(load_config_file(ROOT / "configs" / "study.toml"))
+    cfg = config_from_dict(load_config_file(ROOT / "configs" / "study_abscissa.toml"))
+    assert cfg.model == base.model and cfg.data == base.data and cfg.optim == base.optim
+    r = cfg.regularizer
+    assert (r.name, r.weight, r.margin, r.samples) == ("abscissa", 100.0, 0.5, 16)
+    assert cfg.solver.anderson.eps == cfg.estimator.nudge.anderson.eps == 0.1
+    assert (cfg.solver.max_steps, cfg.estimator.nudge.max_steps) == (300, 150)
