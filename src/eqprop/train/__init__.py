@@ -1,4 +1,4 @@
-"""Training: config, loop, checkpoints, metrics, plots, evaluation and sampling.
+"""Training: config, trainer, checkpoints, metrics, plots, evaluation and sampling.
 
 The package is also its main function: ``eqprop.train(cfg)`` is :func:`eqprop.train.run.train`
 (the import system binds ``eqprop.train`` to this package, so the top-level ``train`` is the
@@ -15,8 +15,8 @@ from .distributed import DistContext, init_distributed, is_main_process
 from .evaluation import evaluate
 from .generation import Generation, generate
 from .loaded import LoadedRun, load_run, resume_config
-from .loop import Penalty, Tracker, Trainer, TrainSummary
 from .run import train
+from .trainer import Penalty, Tracker, Trainer, TrainSummary
 
 __all__ = ["DistContext", "EvalConfig", "Generation", "LoadedRun", "OptimConfig", "Penalty",
            "RunConfig", "ScheduleConfig", "Tracker", "TrainConfig", "TrainSummary", "Trainer",
