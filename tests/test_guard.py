@@ -161,6 +161,14 @@ def test_robust_solver_step(tmp_path, text_file):
     assert type(t.solver).__name__ == "AdaptiveEuler"
 
 
+def test_decisions_compose_in_order():
+    a = Decision(changes={"solver.euler.eps": 1.0}, events=[{"event": "wall"}], stop="why")
+    b = Decision(weight=0.5, events=[{"event": "stability_kick"}], metrics={"x": 1.0})
+    d = a.then(b)
+    assert (d.changes, d.weight, d.stop, d.metrics) == (a.changes, 0.5, "why", {"x": 1.0})
+    assert [e["event"] for e in d.events] == ["wall", "stability_kick"]
+
+
 def test_guard_flags_are_one_line_errors(capsys, tmp_path):
     assert main(["train", "--guard.threshold", "2", "--run.out-dir", str(tmp_path)]) == 2
     assert "guard.threshold=2.0: must be a number in (0, 1]" in one_line_error(capsys, "train")

@@ -47,7 +47,7 @@ from .checkpoint import (
 from .config import TrainConfig
 from .configio import apply_overrides, save_config, unflatten
 from .decisions import Decision
-from .distributed import init_distributed
+from .distributed import init_distributed, resolve_device
 from .ema import EMA
 from .evaluation import evaluate
 from .generation import generate
@@ -71,16 +71,7 @@ from .summary import TrainSummary, summarize
 from .trainer_state import restore_trainer, save_trainer
 from .update_filter import UpdateFilter
 
-__all__ = ["Penalty", "Tracker", "TrainSummary", "Trainer", "resolve_device"]
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; other names as given (checked)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"run.device={name!r} but CUDA is not available: use auto or cpu")
-    return torch.device(name)
+__all__ = ["Penalty", "Tracker", "TrainSummary", "Trainer"]
 
 
 class Trainer:
@@ -216,8 +207,8 @@ class Trainer:
         t0 = time.perf_counter()
         self.model.train()
         field = self.model.field(tokens, targets)
-        sol = self.free_relaxation().run(field, field.initial_state())  # relax: z*
-        result = self.estimator.estimate(field, sol.z)  # estimate: the surrogate
+        sol = self.relax(field)
+        result = self.estimator.estimate(field, sol.z)  # the surrogate: backward() fills .grad
         penalties = self.penalties(field, sol)
         grad_norm = self.backward(result.surrogate, penalties)
         nudged = list(result.solutions.values())
@@ -238,6 +229,10 @@ class Trainer:
         if self._free is None or self._free.solver is not self.solver:
             self._free = build_relaxation(sc, solver=self.solver)
         return self._free
+
+    def relax(self, field: LMField) -> Solution:
+        """The free phase: relax from the input drive to z*."""
+        return self.free_relaxation().run(field, field.initial_state())
 
     def penalties(self, field: LMField, sol: Solution) -> list[Tensor]:
         """The hooks' penalty scalars for this step, in hook order."""
