@@ -1,7 +1,7 @@
 """jacreg study (issue 6): train with jacreg off / fixed / adaptive, otherwise identical.
 
 Each arm runs the same :class:`~eqprop.train.config.TrainConfig` (same seed, data,
-model, solvers, estimator, schedule) through :class:`~eqprop.train.loop.Trainer`;
+model, solvers, estimator, schedule) through :class:`~eqprop.train.trainer.Trainer`;
 only the penalty differs:
 
 - ``off``: no penalty;
@@ -122,7 +122,7 @@ def final_measures(trainer, args) -> dict[str, float | str]:
 
 def run_arm(arm: str, args) -> dict:
     from eqprop.regularizers import RegularizerConfig
-    from eqprop.train.loop import Trainer
+    from eqprop.train.trainer import Trainer
 
     cfg = base_config(args)
     reg = RegularizerConfig(name="none" if arm == "off" else "jacreg", weight=args.weight,

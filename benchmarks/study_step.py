@@ -27,7 +27,7 @@ import torch
 
 from eqprop.models.standard import StandardLM
 from eqprop.train.configio import config_from_dict, load_config_file
-from eqprop.train.loop import Trainer
+from eqprop.train.trainer import Trainer
 
 KINDS = ("asymep", "ift", "bptt", "standard", "asymep-eager", "asymep-unchecked",
          "ift-anderson")

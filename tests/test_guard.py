@@ -16,6 +16,7 @@ from eqprop.solvers import Euler
 from eqprop.train import Trainer, load_run, resume_config, train
 from eqprop.train.checkpoint import load_checkpoint
 from eqprop.train.config import GuardConfig
+from eqprop.train.decisions import Decision
 from eqprop.train.metrics import read_metrics
 from tests.helpers import TINY, one_line_error, tiny, without_clock
 
@@ -141,20 +142,31 @@ def test_the_ladder_ends_in_a_stop(tmp_path, text_file):
 def test_jacreg_step(tmp_path, text_file, reg, expect):
     cfg = replace(walled(text_file, tmp_path, "escalate", ladder="jacreg"), regularizer=reg)
     t = Trainer(cfg)
-    changes = t.guard._escalate("jacreg", t)
+    changes = t.guard.escalation("jacreg", t.cfg, t.config_hooks.reg and
+                                 t.config_hooks.reg.current_weight)
+    t.apply(Decision(changes={k: new for k, (_, new) in changes.items()}))
     assert set(changes) == set(expect)
     for k, (old, new) in changes.items():
         assert (old, new) == (expect[k][0], pytest.approx(expect[k][1]))
-    assert t.cfg.regularizer.name == "jacreg" and t.hooks.reg is not None
-    assert t.hooks.reg.current_weight == pytest.approx(0.1 if reg.name == "none" else 0.2)
+    assert t.cfg.regularizer.name == "jacreg" and t.config_hooks.reg is not None
+    assert t.config_hooks.reg.current_weight == pytest.approx(0.1 if reg.name == "none" else 0.2)
 
 
 def test_robust_solver_step(tmp_path, text_file):
     t = Trainer(walled(text_file, tmp_path, "escalate", ladder="solver"))
-    changes = t.guard._escalate("solver", t)
+    changes = t.guard.escalation("solver", t.cfg)
+    t.apply(Decision(changes={k: new for k, (_, new) in changes.items()}))
     assert changes == {"solver.name": ("euler", "adaptive"),
                        "estimator.nudge.name": ("anderson", "adaptive")}
     assert type(t.solver).__name__ == "AdaptiveEuler"
+
+
+def test_decisions_compose_in_order():
+    a = Decision(changes={"solver.euler.eps": 1.0}, events=[{"event": "wall"}], stop="why")
+    b = Decision(weight=0.5, events=[{"event": "stability_kick"}], metrics={"x": 1.0})
+    d = a.then(b)
+    assert (d.changes, d.weight, d.stop, d.metrics) == (a.changes, 0.5, "why", {"x": 1.0})
+    assert [e["event"] for e in d.events] == ["wall", "stability_kick"]
 
 
 def test_guard_flags_are_one_line_errors(capsys, tmp_path):

@@ -16,10 +16,12 @@ from eqprop.regularizers import RegularizerConfig
 from eqprop.solvers import Euler, relax
 from eqprop.train import (
     EvalConfig,
+    Hook,
     OptimConfig,
     RunConfig,
     ScheduleConfig,
     TrainConfig,
+    Trainer,
     config_from_dict,
     config_to_dict,
     generate,
@@ -215,6 +217,24 @@ def test_hooks_penalty_and_trackers(tmp_path, text_file):
     records = read_metrics(summary.run_dir / "metrics.jsonl")
     assert [s for s, _ in seen] == [2, 4, 6] and seen[0][1] == (4, 1, 8, 8)
     assert records[1]["my_stat"] == 4.0 and "my_stat" not in records[0]
+    assert all(r["penalty"] == 0.0 for r in records)
+
+
+def test_hook_objects_join_the_one_hook_list(tmp_path, text_file):
+    class Probe(Hook):
+        def penalty(self, field, z_star, sol):
+            return 0.0 * field.loss(z_star).mean()
+
+        def track(self, model, field, z_star, step):
+            return {"probe_step": float(step)}
+
+    cfg = tiny(text_file, tmp_path)
+    cfg = replace(cfg, schedule=replace(cfg.schedule, steps=2))
+    trainer = Trainer(cfg, penalty=lambda field, z_star, sol: None, hooks=[Probe()])
+    assert [type(h).__name__ for h in trainer.hooks] == ["PenaltyHook", "Probe", "ConfigHooks"]
+    trainer.run()
+    records = read_metrics(trainer.run_dir / "metrics.jsonl")
+    assert [r["probe_step"] for r in records] == [1.0, 2.0]
     assert all(r["penalty"] == 0.0 for r in records)
 
 

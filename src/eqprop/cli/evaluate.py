@@ -22,7 +22,7 @@ from ..train import evaluate, load_run
 from ..train.backprop import evaluate_forward
 from ..train.checkpoint import file_sha256
 from ..train.config import check_device, check_seed
-from ..train.loop import resolve_device
+from ..train.distributed import resolve_device
 
 __all__ = ["Args", "run"]
 

@@ -14,7 +14,7 @@ from ..errors import ConfigError
 from ..solvers.registry import build_solver
 from ..train import generate, load_run
 from ..train.config import check_device, check_seed
-from ..train.loop import resolve_device
+from ..train.distributed import resolve_device
 
 __all__ = ["Args", "run"]
 

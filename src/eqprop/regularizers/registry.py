@@ -75,6 +75,9 @@ class RegularizerConfig:
                 or self.samples < 0:
             raise ConfigError(f"regularizer samples={self.samples!r}: must be an integer ≥ 0 "
                               "(0: the whole batch)")
+        if isinstance(self.margin, bool) or not isinstance(self.margin, (int, float)) \
+                or not 0 <= self.margin < float("inf"):
+            raise ConfigError(f"regularizer margin={self.margin!r}: must be a finite number ≥ 0")
         if self.adaptive and self.name != "none":
             self.weight_controller()  # validate the knobs now, with the config's names
 

@@ -22,8 +22,8 @@ from ..models import StandardLM
 from .config import EvalConfig
 from .schedule import lr_at
 
-if TYPE_CHECKING:  # the loop imports this module
-    from .loop import Trainer
+if TYPE_CHECKING:  # the trainer imports this module
+    from .trainer import Trainer
 
 __all__ = ["backprop_step", "evaluate_forward"]
 

@@ -39,7 +39,8 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from .metrics import MetricsLog
 
-__all__ = ["DistContext", "NullMetricsLog", "init_distributed", "is_main_process", "rank_seed"]
+__all__ = ["DistContext", "NullMetricsLog", "init_distributed", "is_main_process", "rank_seed",
+           "resolve_device"]
 
 T = TypeVar("T")
 
@@ -373,3 +374,12 @@ def init_distributed(device: str = "auto") -> DistContext:
         dist.init_process_group("gloo", init_method="env://")
     return DistContext(rank=rank, world_size=world, local_rank=local_rank, device=dev,
                        owns_group=True)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; other names as given (checked)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"run.device={name!r} but CUDA is not available: use auto or cpu")
+    return torch.device(name)

@@ -8,26 +8,22 @@ over a window, and when that mean reaches a threshold applies the policy of
 :class:`~eqprop.train.config.GuardConfig` (warn, stop, skip, escalate). Every
 decision is a ``wall`` / ``wall_cleared`` event in ``metrics.jsonl`` (drawn on the
 plots), and the guard's whole state is checkpointed, so a resumed run decides
-exactly as an uninterrupted one.
+exactly as an uninterrupted one. The guard only decides: it returns a
+:class:`~eqprop.train.decisions.Decision` (settings to change, a stop, events), which
+the trainer applies.
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ..gradients.registry import build_estimator
 from ..solvers import Solution
-from ..solvers.registry import build_solver
 from ..solvers.status import Status
 from .config import GuardConfig, TrainConfig
-from .configio import apply_overrides, config_to_dict, flatten, save_config, unflatten
-from .hooks import ConfigHooks
-from .rundir import CONFIG_FILE
-
-if TYPE_CHECKING:  # the loop imports this module
-    from .loop import Trainer
+from .configio import config_to_dict, flatten
+from .decisions import Decision
 
 __all__ = ["FAILED", "WallGuard", "nonfinite_detail", "relaxations_finite"]
 
@@ -101,11 +97,18 @@ class WallGuard:
                     and self.failed_fraction(counts) >= self.cfg.threshold)
 
     # -- after each step ------------------------------------------------------
-    def update(self, trainer: Trainer, record: dict[str, Any]) -> list[dict[str, Any]]:
-        """Feed one step's record; trip, clear or act. Adds ``guard_fail`` (the window's
-        mean) to the record and returns the events to log: a ``nonfinite`` event for an
-        update skipped for NaN/Inf, a ``rejected`` one for an update that the update
-        filter rejected (with any policy), then the guard's own."""
+    def update(self, record: dict[str, Any], cfg: TrainConfig,
+               reg_weight: float | None = None) -> Decision:
+        """Feed one step's record; trip, clear or decide. Adds ``guard_fail`` (the window's
+        mean) to the record. The decision's events: a ``nonfinite`` event for an update
+        skipped for NaN/Inf, a ``rejected`` one for an update that the update filter
+        rejected (with any policy), then the guard's own.
+
+        Args:
+            record: the step's metrics record.
+            cfg: the settings in use (an escalation changes them).
+            reg_weight: the regularizer's current weight (None: no regularizer on).
+        """
         events = []
         if record.get("skip_reason") == "nonfinite":
             events.append({"step": record["step"], "event": "nonfinite",
@@ -113,9 +116,14 @@ class WallGuard:
         elif record.get("skip_reason") == "rejected":  # see train/update_filter.py
             events.append({"step": record["step"], "event": "rejected",
                            "detail": f"{record.get('skip_detail', 'rejected')}: update skipped"})
-        return events + self._watch(trainer, record) if self.active else events
+        if not self.active:
+            return Decision(events=events)
+        decision = self._watch(record, cfg, reg_weight)
+        decision.events[:0] = events
+        return decision
 
-    def _watch(self, trainer: Trainer, record: dict[str, Any]) -> list[dict[str, Any]]:
+    def _watch(self, record: dict[str, Any], cfg: TrainConfig,
+               reg_weight: float | None) -> Decision:
         self.window.append(self.failed_fraction(record.get("status") or {}))
         mean = sum(self.window) / len(self.window)
         record["guard_fail"] = mean
@@ -124,16 +132,18 @@ class WallGuard:
         if self.tripped:
             if mean < c.threshold:
                 self.tripped = False
-                return [{**base, "event": "wall_cleared",
-                         "detail": f"failed fraction {mean:.0%} < {c.threshold:.0%} over the "
-                                   f"last {len(self.window)} steps"}]
-            return []
+                return Decision(events=[{
+                    **base, "event": "wall_cleared",
+                    "detail": f"failed fraction {mean:.0%} < {c.threshold:.0%} over the "
+                              f"last {len(self.window)} steps"}])
+            return Decision()
         if len(self.window) < c.window or mean < c.threshold:
-            return []
+            return Decision()
         self.tripped = True
         what = (f"{mean:.0%} of free relaxations failed over the last {c.window} steps "
                 f"(threshold {c.threshold:.0%})")
         event: dict[str, Any] = {**base, "event": "wall"}
+        decision = Decision(events=[event])
         ladder = c.ladder_steps()
         if c.policy == "warn":
             event.update(action="warn", detail=f"{what}: no action (policy warn)")
@@ -143,7 +153,9 @@ class WallGuard:
         elif c.policy == "escalate" and self.rung < len(ladder):
             action = ladder[self.rung]
             self.rung += 1
-            changes = self._escalate(action, trainer)
+            changes = self.escalation(action, cfg, reg_weight)
+            decision.changes = {k: new for k, (_, new) in changes.items()}
+            self.changes.update(decision.changes)
             shown = "; ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items())
             event.update(action=action, changes=changes,
                          detail=f"{what}: escalation {self.rung}/{len(ladder)}: {shown}")
@@ -151,14 +163,16 @@ class WallGuard:
             self.tripped = False
         else:
             used = " (escalation ladder used up)" if c.policy == "escalate" else ""
-            self.stop_reason = f"wall guard at step {step}: {what}{used}"
+            self.stop_reason = decision.stop = f"wall guard at step {step}: {what}{used}"
             event.update(action="stop", detail=f"{what}{used}: training stops")
-        return [event]
+        return decision
 
     # -- escalation -------------------------------------------------------------
-    def _escalate(self, action: str, trainer: Trainer) -> dict[str, tuple[Any, Any]]:
-        """Apply one ladder step to the trainer; returns ``{setting: (old, new)}``."""
-        cfg, c = trainer.cfg, self.cfg
+    def escalation(self, action: str, cfg: TrainConfig, reg_weight: float | None = None
+                   ) -> dict[str, tuple[Any, Any]]:
+        """The settings one ladder step changes, ``{setting: (old, new)}`` (nothing is
+        changed here: the decision carries the new values to the trainer)."""
+        c = self.cfg
         new: dict[str, Any] = {}
         if action == "eps":  # the ε of each phase's solver, where it has one
             for where, sc in (("solver", cfg.solver), ("estimator.nudge", cfg.estimator.nudge)):
@@ -169,7 +183,7 @@ class WallGuard:
             if reg.name == "none":
                 new.update({"regularizer.name": "jacreg", "regularizer.weight": c.jacreg_weight})
             elif reg.adaptive:  # raise the adaptive weight's floor (and the weight with it)
-                current = trainer.hooks.reg.current_weight if trainer.hooks.reg else reg.weight
+                current = reg_weight if reg_weight is not None else reg.weight
                 floor = min(reg.adapt.w_max, max(current, reg.adapt.w_min) * c.jacreg_factor)
                 new.update({"regularizer.adapt.w_min": floor,
                             "regularizer.weight": min(max(reg.weight, floor), reg.adapt.w_max)})
@@ -179,30 +193,7 @@ class WallGuard:
             new["solver.name"] = c.robust_solver
             new["estimator.nudge.name"] = c.robust_solver
         before = {k: v for k, v in flatten(config_to_dict(cfg)).items() if k in new}
-        self.changes.update(new)
-        self.apply(trainer)
-        dist = getattr(trainer, "dist", None)
-        if dist is None or dist.is_main:  # the run directory shows the settings in use
-            save_config(trainer.cfg, trainer.run_dir / CONFIG_FILE)
         return {k: (before.get(k), v) for k, v in new.items()}
-
-    def apply(self, trainer: Trainer) -> None:
-        """Put :attr:`changes` into the trainer's config and rebuild the solver, the
-        estimator and the regularizer hooks from it (their state carried over)."""
-        if not self.changes:
-            return
-        cfg: TrainConfig = apply_overrides(trainer.cfg, unflatten(self.changes))
-        trainer.cfg = cfg
-        trainer.solver = build_solver(cfg.solver)
-        trainer.estimator = build_estimator(cfg.estimator, cfg.solver)
-        state = trainer.hooks.state_dict()
-        hooks = ConfigHooks.from_config(cfg, sync=getattr(trainer, "dist", None))
-        hooks.load_state_dict(state)
-        if hooks.reg is not None and hooks.reg.adaptive is not None:
-            a = hooks.reg.adaptive
-            a.w_min = cfg.regularizer.adapt.w_min
-            a.weight = min(max(a.weight, a.w_min), a.w_max)
-        trainer.hooks = hooks
 
     # -- checkpoints ------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -211,9 +202,10 @@ class WallGuard:
                 "changes": dict(self.changes), "wall_skipped": self.wall_skipped,
                 "stop_reason": self.stop_reason}
 
-    def load_state_dict(self, state: dict[str, Any], trainer: Trainer) -> None:
-        """Restore the state and re-apply the escalations to ``trainer``. A run that the
-        guard had stopped continues with fresh evidence (an empty window)."""
+    def load_state_dict(self, state: dict[str, Any]) -> Decision:
+        """Restore the state; returns the decision that re-applies its escalations
+        (:attr:`changes`). A run that the guard had stopped continues with fresh evidence
+        (an empty window)."""
         self.window = deque((float(x) for x in state.get("window", [])), maxlen=self.cfg.window)
         self.tripped = bool(state.get("tripped", False))
         self.rung = int(state.get("rung", 0))
@@ -223,5 +215,5 @@ class WallGuard:
             self.window.clear()
             self.tripped = False
         self.stop_reason = None
-        self.apply(trainer)
+        return Decision(changes=dict(self.changes))
 

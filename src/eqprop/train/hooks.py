@@ -1,7 +1,11 @@
-"""Training hooks built from the config: the regularizer penalty, stability tracking and
-gradient-fidelity tracking.
+"""The trainer's per-step extension points: one list of :class:`Hook` objects.
 
-One :class:`ConfigHooks` object joins them, because the adaptive regularizer weight
+A hook may add a penalty to the surrogate (:meth:`Hook.penalty`) and floats to the
+step's record (:meth:`Hook.track`); the trainer calls each in one place of its step,
+hook by hook in list order. The user's ``penalty`` and ``trackers`` callables are
+wrapped as :class:`PenaltyHook` and :class:`TrackerHook`; the config-built ones (the
+regularizer penalty, stability tracking and gradient-fidelity tracking) are one
+:class:`ConfigHooks` object, because the adaptive regularizer weight
 (design §4) reacts to both the free phase's converged fraction (every step) and
 the ε_crit margin ``1 - ε/ε_crit`` (each time stability is tracked).
 """
@@ -9,6 +13,7 @@ the ε_crit margin ``1 - ε/ε_crit`` (each time stability is tracked).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
@@ -24,11 +29,52 @@ from .distributed import DistContext
 if TYPE_CHECKING:
     from .config import TrainConfig
 
-__all__ = ["ConfigHooks"]
+__all__ = ["ConfigHooks", "Hook", "Penalty", "PenaltyHook", "Tracker", "TrackerHook"]
+
+#: ``penalty(field, z_star, sol) -> scalar`` added to the surrogate (e.g. jacreg)
+Penalty = Callable[[LMField, Tensor, Solution], Tensor]
+#: ``tracker(model, field, z_star, step) -> {name: float}`` merged into the metrics record
+Tracker = Callable[[nn.Module, LMField, Tensor, int], dict[str, float]]
 
 
-class ConfigHooks:
-    """Penalty and tracker hooks for the :class:`~eqprop.train.loop.Trainer`.
+class Hook:
+    """One extension of the training step; both methods do nothing by default."""
+
+    def penalty(self, field: LMField, z_star: Tensor, sol: Solution) -> Tensor | None:
+        """A scalar added to the estimator's surrogate (None: no penalty this step)."""
+        return None
+
+    def track(self, model: nn.Module, field: LMField, z_star: Tensor,
+              step: int) -> dict[str, float]:
+        """Floats merged into the step's record (``{}`` on the steps it skips); ``z_star``
+        is detached, ``step`` the number of the step just done."""
+        return {}
+
+
+class PenaltyHook(Hook):
+    """A user's :data:`Penalty` callable as a hook."""
+
+    def __init__(self, fn: Penalty):
+        self.fn = fn
+
+    def penalty(self, field: LMField, z_star: Tensor, sol: Solution) -> Tensor | None:
+        return self.fn(field, z_star, sol)
+
+
+class TrackerHook(Hook):
+    """A user's :data:`Tracker` callable as a hook."""
+
+    def __init__(self, fn: Tracker):
+        self.fn = fn
+
+    def track(self, model: nn.Module, field: LMField, z_star: Tensor,
+              step: int) -> dict[str, float]:
+        return self.fn(model, field, z_star, step)
+
+
+class ConfigHooks(Hook):
+    """The config's penalty and tracking, a hook of the
+    :class:`~eqprop.train.trainer.Trainer`.
 
     Args:
         regularizer: which penalty (``name="none"`` for none).
@@ -58,6 +104,17 @@ class ConfigHooks:
         if cfg.tracking.fidelity_every and cfg.estimator.name != BACKPROP:
             fidelity = build_estimator(cfg.estimator, cfg.solver)
         return cls(cfg.regularizer, cfg.tracking, cfg.solver.eps, sync=sync, fidelity=fidelity)
+
+    def rebuilt(self, cfg: TrainConfig) -> ConfigHooks:
+        """The hooks of a changed config, this one's state carried over (an adaptive
+        weight raised to the config's new floor)."""
+        hooks = ConfigHooks.from_config(cfg, sync=self.sync)
+        hooks.load_state_dict(self.state_dict())
+        if hooks.reg is not None and hooks.reg.adaptive is not None:
+            a = hooks.reg.adaptive
+            a.w_min = cfg.regularizer.adapt.w_min
+            a.weight = min(max(a.weight, a.w_min), a.w_max)
+        return hooks
 
     @property
     def active(self) -> bool:

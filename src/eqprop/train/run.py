@@ -1,8 +1,9 @@
 """The run: training steps until the schedule ends, with validation, logging,
 checkpoints and plots at their cadences, and a clean stop on Ctrl-C or SIGTERM.
 
-:class:`~eqprop.train.loop.Trainer` owns the state and does one step
-(:meth:`~eqprop.train.loop.Trainer.train_step`); this module drives it.
+:class:`~eqprop.train.trainer.Trainer` owns the state and does one step
+(:meth:`~eqprop.train.trainer.Trainer.train_step`, the controllers' decisions included);
+this module drives it.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .config import TrainConfig
+from .hooks import Penalty, Tracker
 from .interrupt import StopSignals, TrainingInterrupted
-from .loop import Penalty, Tracker, Trainer
 from .metrics import format_progress
 from .rundir import SUMMARY_FILE
 from .summary import TrainSummary
+from .trainer import Trainer
 
 __all__ = ["run_to_end", "train"]
 
@@ -44,13 +46,12 @@ def run_to_end(tr: Trainer) -> TrainSummary:
     plotted, nonfinite_shown = -1, 0
     try:
         with StopSignals() as stop:
-            while tr.step < steps and not tr.guard.stopped:
+            while tr.step < steps and tr.stop_reason is None:
                 t0 = time.perf_counter()
                 tokens, targets = tr.corpus.get_batch("train", cfg.data.batch_size,
                                                         cfg.model.seq_len, tr.data_gen)
                 record = tr.train_step(tokens.to(tr.device), targets.to(tr.device))
-                events = tr.guard.update(tr, record)  # skip events; may stop, escalate
-                s, last = tr.step, tr.step == steps or tr.guard.stopped
+                s, last = tr.step, tr.step == steps or tr.stop_reason is not None
                 do_eval = last or (cfg.eval.every > 0 and s % cfg.eval.every == 0)
                 if do_eval:
                     record.update(tr.validate())
@@ -58,8 +59,7 @@ def run_to_end(tr: Trainer) -> TrainSummary:
                 record["time"] = tr.elapsed
                 if do_eval or s % cfg.run.log_every == 0 or record.get("skipped"):
                     tr.metrics.append(record)
-                events += tr.events
-                tr.events = []
+                events, tr.events = tr.events, []  # skips, the controllers' decisions
                 for event in events:
                     tr.metrics.append(event)
                     skip = event["event"] in SKIP_EVENTS

@@ -1,6 +1,7 @@
 """The stability controller: keeps the operating point inside a margin while training.
 
-It measures, and decides; the trainer applies its decision (design §4, §7):
+It measures, and decides; the trainer applies its decision (a
+:class:`~eqprop.train.decisions.Decision` with the weight; design §4, §7):
 
 - every step, the free phase's mean NFE per sample (how slowly the relaxation
   contracts: it grows as the leading mode approaches the imaginary axis);
@@ -20,7 +21,7 @@ relaxations fail arrives too late); and whenever the measured ``Re μ`` is above
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor
@@ -28,8 +29,9 @@ from torch import Tensor
 from ..errors import ConfigError
 from ..fields import Field
 from ..solvers.stability import leading_real
+from .decisions import Decision
 
-__all__ = ["StabilityConfig", "StabilityController", "StabilityDecision"]
+__all__ = ["StabilityConfig", "StabilityController"]
 
 
 @dataclass
@@ -81,15 +83,6 @@ class StabilityConfig:
                 raise ConfigError(f"stability.{name}={v!r}: must be an integer ≥ {lo}")
 
 
-@dataclass
-class StabilityDecision:
-    """What the trainer applies: the penalty weight, and the events to log."""
-
-    weight: float
-    events: list[dict[str, Any]] = field(default_factory=list)
-    metrics: dict[str, float] = field(default_factory=dict)
-
-
 class StabilityController:
     """The one place that decides the penalty weight (see the module docstring)."""
 
@@ -99,8 +92,9 @@ class StabilityController:
         self.last_re: float | None = None
 
     def decide(self, step: int, free_nfe: float, field: Field, z_star: Tensor
-               ) -> StabilityDecision:
-        """Observe this step (its free NFE; ``Re μ`` when due) and return the decision."""
+               ) -> Decision:
+        """Observe this step (its free NFE; ``Re μ`` when due) and return the decision:
+        the next step's penalty weight, its events and metrics."""
         c = self.cfg
         events: list[dict[str, Any]] = []
         metrics: dict[str, float] = {}
@@ -124,7 +118,7 @@ class StabilityController:
                                          f"weight {old:.3g} -> {self.weight:.3g}"})
         self.weight = min(max(self.weight, c.w_min), c.w_max)
         metrics["stab_weight_next"] = self.weight  # the weight of the next step
-        return StabilityDecision(self.weight, events, metrics)
+        return Decision(weight=self.weight, events=events, metrics=metrics)
 
     def state_dict(self) -> dict[str, Any]:
         return {"weight": self.weight, "last_re": self.last_re}

@@ -12,7 +12,7 @@ from ..errors import CheckpointError
 from .checkpoint import Checkpoint, save_checkpoint
 
 if TYPE_CHECKING:
-    from .loop import Trainer
+    from .trainer import Trainer
 
 __all__ = ["restore_trainer", "save_trainer"]
 
@@ -42,8 +42,9 @@ def restore_trainer(tr: Trainer, ck: Checkpoint) -> None:
     tr.step = ck.step
     tr.skipped = int(extra.get("skipped", 0))
     tr.elapsed = float(extra.get("elapsed", 0.0))
-    tr.hooks.load_state_dict(extra.get("hooks", {}))
-    tr.guard.load_state_dict(extra.get("guard", {}), tr)
+    tr.config_hooks.load_state_dict(extra.get("hooks", {}))
+    # the guard's escalations, re-applied (open_run_dir writes config.yaml afterwards)
+    tr.apply(tr.guard.load_state_dict(extra.get("guard", {})), save=False)
     tr.update_filter.load_state_dict(extra.get("update_filter", {}))
     if tr.ema is not None and "ema" in extra:
         tr.ema.load_state_dict(extra["ema"])
@@ -62,7 +63,7 @@ def save_trainer(tr: Trainer) -> None:
                         step=tr.step, vocab=tr.corpus.vocab, config=tr.cfg,
                         rng=rng,
                         extra={"skipped": tr.skipped, "elapsed": tr.elapsed,
-                               "hooks": tr.hooks.state_dict(),
+                               "hooks": tr.config_hooks.state_dict(),
                                "guard": tr.guard.state_dict(),
                                "update_filter": tr.update_filter.state_dict(),
                                "data_sha256": tr.data_sha256, **_extra_state(tr)})

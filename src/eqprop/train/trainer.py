@@ -1,12 +1,14 @@
-"""The training loop: free relaxation, gradient estimator, AdamW update (design §2, §3).
+"""The trainer: free relaxation, gradient estimator, AdamW update (design §2, §3).
 
-One step: relax the free dynamics from the input drive to z* with the free-phase
-solver; let the estimator (asymep, ep, ift, bptt) turn z* into a surrogate
-scalar whose ``backward()`` fills ``.grad``; clip and apply AdamW. A step whose
-relaxation (free or nudged), loss, penalty or gradient is NaN/Inf is skipped (and
-logged), never applied; the wall guard (:mod:`eqprop.train.guard`) watches the free
-relaxations' statuses. Hook points for regularizer penalties and diagnostics
-trackers are marked in :meth:`Trainer.train_step`. The loop over steps is
+One step (:meth:`Trainer.train_step`): relax the free dynamics from the input drive to
+z* with the free-phase solver; let the estimator (asymep, ep, ift, bptt) turn z* into
+a surrogate scalar; add the hooks' penalties (:mod:`eqprop.train.hooks`); its
+``backward()`` fills ``.grad``; clip; decide whether the update is sound and apply
+AdamW (a step whose relaxation, free or nudged, loss, penalty or gradient is NaN/Inf
+is skipped and logged, never applied); record the step's metrics and the hooks'
+tracking; then the controllers (the wall guard, :mod:`eqprop.train.guard`, and the
+stability controller) decide, and :meth:`Trainer.apply` puts their
+:class:`~eqprop.train.decisions.Decision` into effect. The loop over steps is
 :mod:`eqprop.train.run`; what a checkpoint holds of the trainer,
 :mod:`eqprop.train.trainer_state`.
 """
@@ -17,7 +19,7 @@ import contextlib
 import math
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -30,8 +32,8 @@ from ..data import Vocab, load_corpus
 from ..diagnostics.plots import plot_stability_history
 from ..errors import ConfigError
 from ..gradients.registry import BACKPROP, build_estimator
-from ..models import EquilibriumLM, LMField, StandardLM, build_model
-from ..solvers import Solution, Status
+from ..models import LMField, StandardLM, build_model
+from ..solvers import Solution
 from ..solvers.registry import build_relaxation, build_solver
 from ..solvers.relaxation import Relaxation
 from .backprop import backprop_step, evaluate_forward
@@ -43,12 +45,14 @@ from .checkpoint import (
     run_dir_of,
 )
 from .config import TrainConfig
-from .distributed import init_distributed
+from .configio import apply_overrides, save_config, unflatten
+from .decisions import Decision
+from .distributed import init_distributed, resolve_device
 from .ema import EMA
 from .evaluation import evaluate
 from .generation import generate
 from .guard import WallGuard
-from .hooks import ConfigHooks
+from .hooks import ConfigHooks, Hook, Penalty, PenaltyHook, Tracker, TrackerHook
 from .plots import plot_metrics
 from .rundir import (
     CONFIG_FILE,
@@ -62,41 +66,12 @@ from .rundir import (
 from .sanity import suspicious_settings
 from .schedule import lr_at
 from .stability import StabilityController
+from .step import Measured, Verdict, mark_skipped, measure, step_record
 from .summary import TrainSummary, summarize
 from .trainer_state import restore_trainer, save_trainer
 from .update_filter import UpdateFilter
 
-__all__ = ["Penalty", "Tracker", "TrainSummary", "Trainer", "resolve_device"]
-
-#: ``penalty(field, z_star, sol) -> scalar`` added to the surrogate (e.g. jacreg)
-Penalty = Callable[[LMField, Tensor, Solution], Tensor]
-#: ``tracker(model, field, z_star, step) -> {name: float}`` merged into the metrics record
-Tracker = Callable[[EquilibriumLM, LMField, Tensor, int], dict[str, float]]
-
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; other names as given (checked)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"run.device={name!r} but CUDA is not available: use auto or cpu")
-    return torch.device(name)
-
-
-def _to_host(scalars: dict[str, Tensor], free: Solution, nudged: list[Solution]
-             ) -> tuple[dict[str, float], dict[str, int], list[dict[str, int]]]:
-    """Scalars and status counts of a step in one device-to-host transfer: ``(scalars,
-    free-phase counts, counts of each nudged phase)``."""
-    n = len(Status)
-    codes = [torch.bincount(free.status.flatten(), minlength=n)]
-    codes += [torch.bincount(s.status.flatten(), minlength=n) for s in nudged]
-    packed = torch.cat([torch.stack([v.detach().float().reshape(()) for v in scalars.values()]),
-                        torch.stack(codes).flatten().float()]).tolist()
-    host = dict(zip(scalars, packed[:len(scalars)], strict=True))
-    rows = [packed[len(scalars) + k * n: len(scalars) + (k + 1) * n] for k in range(len(codes))]
-    counts = [{s.label: int(r[s]) for s in Status} for r in rows]
-    return host, counts[0], counts[1:]
+__all__ = ["Penalty", "Tracker", "TrainSummary", "Trainer"]
 
 
 class Trainer:
@@ -109,9 +84,12 @@ class Trainer:
         cfg: the resolved config.
         resume: a run directory to continue exactly from its newest checkpoint (one
             stopped before its first checkpoint restarts from step 0).
-        penalty: optional regularizer (see :data:`Penalty`).
-        trackers: optional diagnostics (see :data:`Tracker`), called every step with its
-            number (each returns ``{}`` on the steps it skips).
+        penalty: optional regularizer (see :data:`~eqprop.train.hooks.Penalty`).
+        trackers: optional diagnostics (see :data:`~eqprop.train.hooks.Tracker`), called
+            every step with its number (each returns ``{}`` on the steps it skips).
+        hooks: further :class:`~eqprop.train.hooks.Hook` objects. The step calls, in
+            order, ``penalty``, ``trackers``, ``hooks`` and the config-built
+            :class:`~eqprop.train.hooks.ConfigHooks` (one list, :attr:`hooks`).
 
     Raises:
         ConfigError: a setting is rejected, or the run directory is in use by another
@@ -120,7 +98,8 @@ class Trainer:
     """
 
     def __init__(self, cfg: TrainConfig, *, resume: str | Path | None = None,
-                 penalty: Penalty | None = None, trackers: Sequence[Tracker] = ()):
+                 penalty: Penalty | None = None, trackers: Sequence[Tracker] = (),
+                 hooks: Sequence[Hook] = ()):
         if cfg.run.threads:
             torch.set_num_threads(cfg.run.threads)
         self.dist = init_distributed(cfg.run.device)  # torchrun: process group, rank's device
@@ -144,8 +123,9 @@ class Trainer:
         if self.dist.rank:  # own torch stream per rank (rank 0 continues as one process)
             torch.manual_seed(self.dist.rank_seed(cfg.run.seed))
         self.step, self.skipped, self.elapsed = 0, 0, 0.0
-        self.penalty, self.trackers = penalty, list(trackers)
-        self.hooks = ConfigHooks.from_config(cfg, sync=self.dist)
+        self.hooks: list[Hook] = [*([PenaltyHook(penalty)] if penalty is not None else []),
+                                  *map(TrackerHook, trackers), *hooks,
+                                  ConfigHooks.from_config(cfg, sync=self.dist)]
         self.solver = build_solver(cfg.solver)
         self._free: Relaxation | None = None
         self.estimator = None if self.backprop else build_estimator(cfg.estimator, cfg.solver)
@@ -153,6 +133,7 @@ class Trainer:
         self.update_filter = UpdateFilter()
         self.stability = StabilityController(cfg.stability) if cfg.stability.enabled else None
         self.events: list[dict[str, Any]] = []  # decisions to log, taken by run()
+        self.stop_reason: str | None = None  # why a controller stopped the run
         if ck is not None:
             self.model = model_from_checkpoint(ck, cfg)
         self.model.to(self.device)
@@ -170,7 +151,7 @@ class Trainer:
         self.lock: RunLock | None = None
         self.dist.on_main(self._lock)  # a second process in this run directory: refused
         if self.stability is not None:  # the controller owns the penalty's weight
-            self.hooks.reg.weight = self.stability.weight
+            self.config_hooks.reg.weight = self.stability.weight
         # config.yaml; an unwritable or full disk fails now (on every rank), not later
         self.dist.on_main(lambda: open_run_dir(self.run_dir, self.cfg, self.model))
         self.metrics = self.dist.metrics_log(self.run_dir / METRICS_FILE)
@@ -213,13 +194,6 @@ class Trainer:
                                  fused=self.device.type == "cuda")
 
     # -- one step ------------------------------------------------------------
-    def free_relaxation(self) -> Relaxation:
-        """The free phase's relaxation, built once (rebuilt if the guard swapped the solver)."""
-        sc = self.cfg.solver
-        if self._free is None or self._free.solver is not self.solver:
-            self._free = build_relaxation(sc, solver=self.solver)
-        return self._free
-
     def train_step(self, tokens: Tensor, targets: Tensor) -> dict[str, Any]:
         """One update on a batch ``tokens, targets (B, T)``; returns its metrics record.
 
@@ -227,102 +201,149 @@ class Trainer:
         ``check_every`` steps) and once before the update, when every number the step
         reports (and the skip decision needs) comes over in one transfer.
         """
-        if self.backprop:
-            return self._backprop_step(tokens, targets)
+        if self.backprop:  # the baseline's update, then the guard's decision
+            record = backprop_step(self, tokens, targets)
+            return self.settle(record, self.decide(record))
         t0 = time.perf_counter()
         self.model.train()
         field = self.model.field(tokens, targets)
-        # 1. free phase: relax from the input drive to z*
-        sol = self.free_relaxation().run(field, field.initial_state())
-        # 2. the estimator's surrogate: its backward() fills .grad with the estimate
-        result = self.estimator.estimate(field, sol.z)
-        objective = result.surrogate
-        # ---- HOOK (regularizers): a penalty scalar added to the surrogate --------------
-        penalties = [pen for hook in (self.penalty, self.hooks.penalty) if hook is not None
-                     for pen in [hook(field, sol.z, sol)] if pen is not None]
+        sol = self.relax(field)
+        result = self.estimator.estimate(field, sol.z)  # the surrogate: backward() fills .grad
+        penalties = self.penalties(field, sol)
+        grad_norm = self.backward(result.surrogate, penalties)
+        nudged = list(result.solutions.values())
+        m = measure(sol, result.loss, result.nfe, nudged, grad_norm, penalties,  # one transfer
+                    lr=lr_at(self.step, self.cfg.optim, self.cfg.schedule))
+        verdict = self.judge(m)  # decide: is the update sound, does the guard let it through
+        self.update(verdict, m)  # apply it (or count the skip)
+        record = self.record(m, verdict, batch=tokens.shape[0], nudged=bool(nudged))
+        z_star = sol.z.detach()
+        record.update(self.track(field, z_star))
+        record = self.settle(record, self.decide(record, field, z_star, m.host["nfe.free"]))
+        record["step_time"] = time.perf_counter() - t0
+        return record
+
+    def free_relaxation(self) -> Relaxation:
+        """The free phase's relaxation, built once (rebuilt if the guard swapped the solver)."""
+        sc = self.cfg.solver
+        if self._free is None or self._free.solver is not self.solver:
+            self._free = build_relaxation(sc, solver=self.solver)
+        return self._free
+
+    def relax(self, field: LMField) -> Solution:
+        """The free phase: relax from the input drive to z*."""
+        return self.free_relaxation().run(field, field.initial_state())
+
+    def penalties(self, field: LMField, sol: Solution) -> list[Tensor]:
+        """The hooks' penalty scalars for this step, in hook order."""
+        return [pen for hook in self.hooks for pen in [hook.penalty(field, sol.z, sol)]
+                if pen is not None]
+
+    def backward(self, surrogate: Tensor, penalties: list[Tensor]) -> Tensor:
+        """Fill ``.grad`` from the surrogate plus the penalties (averaged over the ranks
+        under torchrun), clip it; returns the norm before clipping."""
+        objective = surrogate
         for pen in penalties:
             objective = objective + pen
-        # ------------------------------------------------------------------------------
-        # 3. gradient, then one transfer of everything the step reports
         self.optimizer.zero_grad(set_to_none=True)
         objective.backward()
         self.dist.average_gradients(self.model.parameters())  # torchrun: mean over ranks
         clip = self.cfg.optim.grad_clip or float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-        nudged = list(result.solutions.values())
-        scalars = {"loss": result.loss, "grad_norm": grad_norm,
-                   "res_max": sol.rel_residual.max(), "res_mean": sol.rel_residual.mean(),
-                   "nfe.free": sol.nfe.float().mean()}
-        scalars.update({f"nfe.{k}": v.float().mean() for k, v in result.nfe.items()})
-        if penalties:
-            scalars["penalty"] = sum(p.detach() for p in penalties)
-        if sol.max_real is not None:  # the stability check's leading Re μ over the batch
-            scalars["lead_re"] = sol.max_real.nan_to_num(nan=-math.inf).max()
-        host, counts, nudge_phases = _to_host(scalars, sol, nudged)
-        nudge_counts = {k: sum(c[k] for c in nudge_phases) for k in counts}
-        loss, gn = host["loss"], host["grad_norm"]
-        lr = lr_at(self.step, self.cfg.optim, self.cfg.schedule)
+        return torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+
+    def judge(self, m: Measured) -> Verdict:
+        """Whether the update is applied, the same verdict on every rank."""
+        h = m.host
         finite = self.dist.all_true(
-            math.isfinite(loss) and math.isfinite(gn) and math.isfinite(host.get("penalty", 0))
-            and counts["nonfinite"] == 0 and nudge_counts.get("nonfinite", 0) == 0)
+            math.isfinite(h["loss"]) and math.isfinite(h["grad_norm"])
+            and math.isfinite(h.get("penalty", 0))
+            and m.counts["nonfinite"] == 0 and m.nudge_counts.get("nonfinite", 0) == 0)
         # an estimate from failed relaxations, or an absurd norm: rejected on every rank
-        reason = self.update_filter.check(counts, nudge_phases, gn)
+        reason = self.update_filter.check(m.counts, m.nudge_phases, h["grad_norm"])
         sound = finite and self.dist.all_true(reason is None)
         # the guard judges the global batch: the same verdict on every rank
-        apply = sound and self.guard.allow_update(self.dist.sum_counts(counts))
-        if sound:
-            self.update_filter.accept(gn)
-        if apply:
+        apply = sound and self.guard.allow_update(self.dist.sum_counts(m.counts))
+        return Verdict(finite, sound, apply, reason)
+
+    def update(self, verdict: Verdict, m: Measured) -> None:
+        """The AdamW update at the step's learning rate (and the moving average), or the
+        skip counted."""
+        if verdict.sound:
+            self.update_filter.accept(m.host["grad_norm"])
+        if verdict.apply:
             for group in self.optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = m.lr
             self.optimizer.step()
             if self.ema is not None:
                 self.ema.update()
-        elif not sound:
+        elif not verdict.sound:
             self.skipped += 1
         else:
             self.guard.wall_skipped += 1
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        B = tokens.shape[0]
-        nfe = {k[4:]: v for k, v in host.items() if k.startswith("nfe.")}
-        record: dict[str, Any] = {
-            "step": self.step, "train_ce": loss, "lr": lr, "grad_norm": gn,
-            "res_max": host["res_max"], "res_mean": host["res_mean"],
-            "nfe": nfe, "nfe_total": sum(nfe.values()), "status": counts,
-            "status_frac": {k: v / B for k, v in counts.items()},
-        }
-        if penalties:
-            record["penalty"] = host["penalty"]
-        if math.isfinite(host.get("lead_re", math.nan)):
-            record["lead_re"] = host["lead_re"]
-        if nudged:
-            record["nudge_status"] = nudge_counts
-        record = self.dist.reduce_record(record)  # torchrun: the global batch's metrics
-        if not apply:
-            record.update(skipped=True, skip_reason="wall" if sound else
-                          "nonfinite" if not finite else "rejected")
-            if finite and not sound:
-                record["skip_detail"] = reason or "rejected on another rank"
-        # ---- HOOK (diagnostics): trackers' floats merged into the record --------------
-        if self.trackers:  # each tracker decides when it is due (StabilityTracking.due)
-            for tracker in self.trackers:
-                record.update(tracker(self.model, field, sol.z.detach(), self.step))
-        if self.hooks.active:  # config-built tracking: decides itself when it is due
-            record.update(self.hooks.track(self.model, field, sol.z.detach(), self.step))
-        # ------------------------------------------------------------------------------
-        # 4. the stability controller decides the next step's penalty weight; applied here
-        if self.stability is not None:
-            decision = self.stability.decide(self.step, nfe["free"], field, sol.z.detach())
-            self.hooks.reg.weight = decision.weight
-            record.update(decision.metrics)
-            self.events.extend(decision.events)
-        record["step_time"] = time.perf_counter() - t0
+
+    def record(self, m: Measured, verdict: Verdict, *, batch: int,
+               nudged: bool) -> dict[str, Any]:
+        """The step's metrics record (over the global batch under torchrun)."""
+        record = self.dist.reduce_record(step_record(self.step, m, batch=batch, nudged=nudged))
+        return mark_skipped(record, verdict)
+
+    def track(self, field: LMField, z_star: Tensor) -> dict[str, float]:
+        """The hooks' tracking of this step (each decides when it is due)."""
+        out: dict[str, float] = {}
+        for hook in self.hooks:
+            out.update(hook.track(self.model, field, z_star, self.step))
+        return out
+
+    # -- decisions -------------------------------------------------------------
+    @property
+    def config_hooks(self) -> ConfigHooks:
+        """The config-built hook of :attr:`hooks` (regularizer and tracking)."""
+        return next(h for h in self.hooks if isinstance(h, ConfigHooks))
+
+    def decide(self, record: dict[str, Any], field: LMField | None = None,
+               z_star: Tensor | None = None, free_nfe: float = math.nan) -> Decision:
+        """The controllers' decisions on this step: the stability controller's (when on,
+        from this rank's free NFE), and the wall guard's (from the record)."""
+        stability = Decision()
+        if self.stability is not None and field is not None:
+            stability = self.stability.decide(self.step, free_nfe, field, z_star)
+        reg = self.config_hooks.reg
+        guard = self.guard.update(record, self.cfg, reg.current_weight if reg else None)
+        return guard.then(stability)
+
+    def settle(self, record: dict[str, Any], decision: Decision) -> dict[str, Any]:
+        """The decision's metrics into the record, the decision applied; the record."""
+        record.update(decision.metrics)
+        self.apply(decision)
         return record
 
-    def _backprop_step(self, tokens: Tensor, targets: Tensor) -> dict[str, Any]:
-        """The baseline's update (:func:`~eqprop.train.backprop.backprop_step`)."""
-        return backprop_step(self, tokens, targets)
+    def apply(self, decision: Decision, *, save: bool = True) -> None:
+        """Put a decision into effect: the penalty's weight; then changed settings (the
+        config, the solver, the estimator and the config hooks rebuilt from it, the
+        hooks' state carried over, ``config.yaml`` rewritten unless ``save`` is false);
+        a stop; its events queued for the log."""
+        if decision.weight is not None:
+            self.config_hooks.reg.weight = decision.weight
+        if decision.changes:
+            self._reconfigure(decision.changes)
+            if save and self.dist.is_main:  # the run directory shows the settings in use
+                save_config(self.cfg, self.run_dir / CONFIG_FILE)
+        if decision.stop is not None:
+            self.stop_reason = decision.stop
+        self.events.extend(decision.events)
+
+    def _reconfigure(self, changes: dict[str, Any]) -> None:
+        """The config with ``changes``; solver, estimator and config hooks rebuilt."""
+        cfg: TrainConfig = apply_overrides(self.cfg, unflatten(changes))
+        self.cfg = cfg
+        self.solver = build_solver(cfg.solver)
+        if not self.backprop:
+            self.estimator = build_estimator(cfg.estimator, cfg.solver)
+        old = self.config_hooks
+        new = old.rebuilt(cfg)
+        self.hooks = [new if h is old else h for h in self.hooks]
 
     # -- periodic work -------------------------------------------------------
     def validate(self) -> dict[str, Any]:
