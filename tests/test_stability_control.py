@@ -8,15 +8,17 @@ from dataclasses import replace
 
 import pytest
 import torch
+import yaml
 
 from eqprop.diagnostics.spectrum import dense_jacobian, dense_spectrum
 from eqprop.errors import ConfigError
 from eqprop.gradients import IFT, AsymEP, HoloEP, estimate_grads, gradient_cosine
 from eqprop.models import ModelConfig
 from eqprop.regularizers import RegularizerConfig
-from eqprop.solvers import Anderson
+from eqprop.solvers import Anderson, Euler
 from eqprop.train import TrainConfig, train
 from eqprop.train.checkpoint import load_checkpoint
+from eqprop.train.configio import config_from_dict
 from eqprop.train.ema import EMA
 from eqprop.train.metrics import read_metrics
 from eqprop.train.stability import StabilityConfig, StabilityController
@@ -143,10 +145,54 @@ def test_kick_when_the_leading_mode_crosses_the_margin():
     assert again.weight == c.weight and again.last_re == c.last_re
 
 
+def test_eps_is_cut_at_the_simulators_wall_and_only_there():
+    """Failing relaxations with a stable measured mode: the phases' ε shrinks (not below
+    eps_min); with an unstable mode the weight is kicked and ε stays; with converging
+    relaxations nothing changes."""
+    stable, unstable = rotating_field(-0.5, 2.0), rotating_field(0.1, 2.0)
+    eps = {"solver.euler.eps": 0.8, "estimator.nudge.anderson.eps": 0.5}
+    kw = dict(target_nfe=20.0, gain=0.0, w_init=0.1, every=1, samples=3, krylov=4,
+              margin=0.05, eps_factor=0.5, eps_min=0.3, converged_min=0.9)
+    d = _controller(**kw).decide(1, 20.0, stable, stable.z_fix, converged=0.2, eps=eps)
+    assert d.changes == {"solver.euler.eps": 0.4, "estimator.nudge.anderson.eps": 0.3}
+    assert [e["event"] for e in d.events] == ["stability_eps"] and d.weight == 0.1
+    d = _controller(**kw).decide(1, 20.0, unstable, unstable.z_fix, converged=0.2, eps=eps)
+    assert not d.changes and [e["event"] for e in d.events] == ["stability_kick"]
+    d = _controller(**kw).decide(1, 20.0, stable, stable.z_fix, converged=0.95, eps=eps)
+    assert not d.changes and not d.events
+    floor = {"solver.euler.eps": 0.3}
+    d = _controller(**kw).decide(1, 20.0, stable, stable.z_fix, converged=0.2, eps=floor)
+    assert not d.changes  # already at eps_min
+
+
+def test_controller_walks_a_too_large_euler_eps_down_until_relaxations_converge(
+        tmp_path, text_file):
+    """Euler at ε 2.5 on a tiny model whose flow is stable (Re μ ≈ -0.6): every free
+    relaxation fails; the controller halves ε in both phases at each measured step until
+    they converge, logs each cut as an event, and the config on disk says the new ε."""
+    cfg = tiny(text_file, tmp_path)
+    cfg = replace(cfg, schedule=replace(cfg.schedule, steps=8),
+                  solver=replace(cfg.solver, name="euler", euler=Euler(eps=2.5)),
+                  regularizer=RegularizerConfig(name="jacreg", weight=0.01, samples=2),
+                  stability=StabilityConfig(enabled=True, every=1, samples=2, krylov=8,
+                                            gain=0.0, eps_factor=0.5, eps_min=0.1))
+    summary = train(cfg)
+    recs = read_metrics(summary.run_dir / "metrics.jsonl")
+    cuts = [r for r in recs if r.get("event") == "stability_eps"]
+    assert cuts and all(r["re_mu"] <= -0.05 for r in cuts)
+    steps = [r for r in recs if "event" not in r]
+    assert steps[0]["status_frac"]["converged"] < 0.9  # walled at ε 2.5
+    assert steps[-1]["status_frac"]["converged"] == 1.0  # converging at the cut ε
+    saved = config_from_dict(yaml.safe_load((summary.run_dir / "config.yaml").read_text()))
+    assert saved.solver.euler.eps <= 2.5 * 0.5 ** len(cuts) + 1e-12 < 2.5
+
+
 @pytest.mark.parametrize("kw, match", [
     (dict(w_init=20.0), "w_min ≤ w_init ≤ w_max"),
     (dict(kick=0.5), "stability.kick=0.5"),
     (dict(krylov=1), "stability.krylov=1"),
+    (dict(eps_factor=0.0), "stability.eps_factor=0.0"),
+    (dict(converged_min=1.5), "stability.converged_min=1.5"),
 ])
 def test_stability_config_is_validated(kw, match):
     with pytest.raises(ConfigError, match=match):

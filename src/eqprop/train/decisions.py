@@ -10,9 +10,22 @@ escalations re-applied on resume alike.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["Decision"]
+if TYPE_CHECKING:  # the config imports the controllers, which import this module
+    from .config import TrainConfig
+
+__all__ = ["Decision", "phase_eps"]
+
+
+def phase_eps(cfg: TrainConfig) -> dict[str, float]:
+    """The ε of each phase's solver where it has one, by dotted setting:
+    ``{"solver.anderson.eps": 0.5, "estimator.nudge.anderson.eps": 0.5}``."""
+    out = {}
+    for where, sc in (("solver", cfg.solver), ("estimator.nudge", cfg.estimator.nudge)):
+        if hasattr(sc.section, "eps"):
+            out[f"{where}.{sc.name}.eps"] = float(sc.section.eps)
+    return out
 
 
 @dataclass

@@ -23,7 +23,7 @@ from ..solvers import Solution
 from ..solvers.status import Status
 from .config import GuardConfig, TrainConfig
 from .configio import config_to_dict, flatten
-from .decisions import Decision
+from .decisions import Decision, phase_eps
 
 __all__ = ["FAILED", "WallGuard", "nonfinite_detail", "relaxations_finite"]
 
@@ -175,9 +175,7 @@ class WallGuard:
         c = self.cfg
         new: dict[str, Any] = {}
         if action == "eps":  # the ε of each phase's solver, where it has one
-            for where, sc in (("solver", cfg.solver), ("estimator.nudge", cfg.estimator.nudge)):
-                if hasattr(sc.section, "eps"):
-                    new[f"{where}.{sc.name}.eps"] = sc.section.eps * c.eps_factor
+            new.update({k: v * c.eps_factor for k, v in phase_eps(cfg).items()})
         elif action == "jacreg":
             reg = cfg.regularizer
             if reg.name == "none":

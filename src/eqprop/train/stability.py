@@ -16,6 +16,16 @@ floor keeps a penalty on while things look healthy: a penalty raised only once
 relaxations fail arrives too late); and whenever the measured ``Re μ`` is above
 ``-margin`` the weight is multiplied by ``kick`` at once (an event in
 ``metrics.jsonl``).
+
+With ``eps_factor < 1`` it also tells the simulator's wall from the hardware's: when,
+at a step where ``Re μ`` is measured, fewer than ``converged_min`` of the free
+relaxations converged although the measured ``Re μ`` is at or below ``-margin`` (the flow
+settles; the explicit map at ε does not follow it), the ε of every phase's solver is
+multiplied by ``eps_factor``, not below ``eps_min`` (a ``stability_eps`` event). Where
+``Re μ`` is above ``-margin`` it is the dynamics, and only the weight acts. Off a fixed
+point the estimate is the Jacobian's at the relaxation's end point, not at the equilibrium
+it missed (at a diverged state a saturated layer norm reads ``J ≈ -I``): the rule trusts
+it as the best evidence at hand.
 """
 
 from __future__ import annotations
@@ -51,6 +61,11 @@ class StabilityConfig:
         krylov: Arnoldi steps (JVPs) per estimate.
         margin: the weight is kicked when the leading ``Re μ > -margin``.
         kick: factor of that kick (> 1).
+        eps_factor: factor on the phases' solver ε at a simulator's wall (1: ε never
+            changes).
+        eps_min: the smallest ε it sets.
+        converged_min: converged fraction of the free relaxations below which a step
+            with a stable measured mode counts as the simulator's wall.
     """
 
     enabled: bool = False
@@ -64,6 +79,9 @@ class StabilityConfig:
     krylov: int = 16
     margin: float = 0.05
     kick: float = 2.0
+    eps_factor: float = 1.0
+    eps_min: float = 0.01
+    converged_min: float = 0.9
 
     def __post_init__(self) -> None:
         if not isinstance(self.enabled, bool):
@@ -77,6 +95,11 @@ class StabilityConfig:
         if not self.w_min <= self.w_init <= self.w_max:
             raise ConfigError(f"stability: need w_min ≤ w_init ≤ w_max (got {self.w_min}, "
                               f"{self.w_init}, {self.w_max})")
+        for name, lo, hi in (("eps_factor", 0.0, 1.0), ("eps_min", 0.0, math.inf),
+                             ("converged_min", 0.0, 1.0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo < v <= hi:
+                raise ConfigError(f"stability.{name}={v!r}: must lie in ({lo}, {hi}]")
         for name, lo in (("every", 0), ("samples", 1), ("krylov", 2)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
@@ -91,13 +114,23 @@ class StabilityController:
         self.weight = cfg.w_init
         self.last_re: float | None = None
 
-    def decide(self, step: int, free_nfe: float, field: Field, z_star: Tensor
-               ) -> Decision:
-        """Observe this step (its free NFE; ``Re μ`` when due) and return the decision:
-        the next step's penalty weight, its events and metrics."""
+    def decide(self, step: int, free_nfe: float, field: Field, z_star: Tensor, *,
+               converged: float = 1.0, eps: dict[str, float] | None = None) -> Decision:
+        """Observe this step and return the decision: the next step's penalty weight, its
+        events and metrics, and at a simulator's wall the phases' new ε.
+
+        Args:
+            step: the step just taken.
+            free_nfe: its free phase's mean NFE per sample.
+            field, z_star: its field and free end point ``(B, ...)``.
+            converged: the fraction of its free relaxations that converged.
+            eps: the phases' solver ε by setting, ``{"solver.anderson.eps": 0.5, ...}``
+                (see :func:`~eqprop.train.decisions.phase_eps`).
+        """
         c = self.cfg
         events: list[dict[str, Any]] = []
         metrics: dict[str, float] = {}
+        changes: dict[str, float] = {}
         if math.isfinite(free_nfe) and free_nfe > 0:
             self.weight *= math.exp(c.gain * math.log(free_nfe / c.target_nfe))
         if c.every and step % c.every == 0:
@@ -116,9 +149,20 @@ class StabilityController:
                                "weight": [old, self.weight],
                                "detail": f"leading Re μ {re:+.3f} > -{c.margin}: penalty "
                                          f"weight {old:.3g} -> {self.weight:.3g}"})
+            elif c.eps_factor < 1 and eps and converged < c.converged_min:
+                changes = {k: max(v * c.eps_factor, c.eps_min) for k, v in eps.items()
+                           if v > c.eps_min}
+                if changes:
+                    shown = "; ".join(f"{k} {eps[k]:.3g} -> {v:.3g}" for k, v in changes.items())
+                    events.append({"step": step, "event": "stability_eps", "re_mu": re,
+                                   "changes": changes,
+                                   "detail": f"{converged:.0%} of free relaxations converged "
+                                             f"while the leading Re μ is {re:+.3f} ≤ "
+                                             f"-{c.margin} (the flow settles, the map at ε "
+                                             f"does not): {shown}"})
         self.weight = min(max(self.weight, c.w_min), c.w_max)
         metrics["stab_weight_next"] = self.weight  # the weight of the next step
-        return Decision(weight=self.weight, events=events, metrics=metrics)
+        return Decision(changes=changes, weight=self.weight, events=events, metrics=metrics)
 
     def state_dict(self) -> dict[str, Any]:
         return {"weight": self.weight, "last_re": self.last_re}

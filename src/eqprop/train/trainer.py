@@ -46,7 +46,7 @@ from .checkpoint import (
 )
 from .config import TrainConfig
 from .configio import apply_overrides, save_config, unflatten
-from .decisions import Decision
+from .decisions import Decision, phase_eps
 from .distributed import init_distributed, resolve_device
 from .ema import EMA
 from .evaluation import evaluate
@@ -308,7 +308,9 @@ class Trainer:
         from this rank's free NFE), and the wall guard's (from the record)."""
         stability = Decision()
         if self.stability is not None and field is not None:
-            stability = self.stability.decide(self.step, free_nfe, field, z_star)
+            converged = record["status_frac"].get("converged", 0.0)
+            stability = self.stability.decide(self.step, free_nfe, field, z_star,
+                                              converged=converged, eps=phase_eps(self.cfg))
         reg = self.config_hooks.reg
         guard = self.guard.update(record, self.cfg, reg.current_weight if reg else None)
         return guard.then(stability)
