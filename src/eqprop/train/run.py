@@ -21,6 +21,7 @@ from .config import TrainConfig
 from .hooks import Penalty, Tracker
 from .interrupt import StopSignals, TrainingInterrupted
 from .metrics import format_progress
+from .outputs import plot_run, write_sample
 from .rundir import SUMMARY_FILE
 from .summary import TrainSummary
 from .trainer import Trainer
@@ -74,7 +75,7 @@ def run_to_end(tr: Trainer) -> TrainSummary:
                 if last or (cfg.run.ckpt_every > 0 and s % cfg.run.ckpt_every == 0):
                     tr.checkpoint()
                 if do_eval:
-                    tr.plot()
+                    plot_run(tr)
                     plotted = tr.step
                 # a signal stops at this step boundary (on every rank alike)
                 if not tr.dist.all_true(stop.signum is None):
@@ -91,8 +92,8 @@ def run_to_end(tr: Trainer) -> TrainSummary:
     if not tr.val_last:  # resumed at the end: nothing was validated in this process
         tr.validate()
     if plotted != tr.step:
-        tr.plot()
-    tr.write_sample()
+        plot_run(tr)
+    write_sample(tr)
     summary = tr.summary()
     if tr.dist.is_main:
         (tr.run_dir / SUMMARY_FILE).write_text(

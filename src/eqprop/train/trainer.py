@@ -29,7 +29,6 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..data import Vocab, load_corpus
-from ..diagnostics.plots import plot_stability_history
 from ..errors import ConfigError
 from ..gradients.registry import BACKPROP, build_estimator
 from ..models import LMField, StandardLM, build_model
@@ -50,15 +49,11 @@ from .decisions import Decision, phase_eps
 from .distributed import init_distributed, resolve_device
 from .ema import EMA
 from .evaluation import evaluate
-from .generation import generate
 from .guard import WallGuard
 from .hooks import ConfigHooks, Hook, Penalty, PenaltyHook, Tracker, TrackerHook
-from .plots import plot_metrics
 from .rundir import (
     CONFIG_FILE,
     METRICS_FILE,
-    PLOTS_DIR,
-    SAMPLES_FILE,
     RunLock,
     new_run_dir,
     open_run_dir,
@@ -372,35 +367,6 @@ class Trainer:
         """Save a checkpoint now (refused, and logged, if a weight is non-finite; see
         :func:`~eqprop.train.trainer_state.save_trainer`)."""
         save_trainer(self)
-
-    def plot(self) -> None:
-        """Redraw the PNG plots from ``metrics.jsonl``."""
-        if not self.dist.is_main:
-            return
-        records = self.metrics.read()
-        plot_metrics(records, self.run_dir / PLOTS_DIR,
-                     unigram_entropy=self.unigram, tol=self.cfg.solver.tol)
-        if any("eps_crit_min" in r for r in records):
-            plot_stability_history(records, self.run_dir / PLOTS_DIR / "stability.png",
-                                   eps=self.cfg.solver.eps)
-
-    def write_sample(self) -> None:
-        """Sample ``run.sample_tokens`` characters into ``samples.txt``."""
-        n = self.cfg.run.sample_tokens
-        if not n or not self.dist.is_main:
-            return
-        self.model.eval()
-        gen = torch.Generator().manual_seed(self.cfg.run.seed)
-        prompt = "\n" if "\n" in self.corpus.vocab.chars else self.corpus.vocab.chars[0]
-        with self.averaged():
-            g = generate(self.model, self.corpus.vocab, prompt, n, solver=self.solver,
-                         tol=self.cfg.solver.tol, max_steps=self.cfg.solver.max_steps,
-                         temperature=0.8, generator=gen)
-        cost = "one forward pass per char" if self.backprop else f"mean NFE/char {g.mean_nfe:.1f}"
-        with (self.run_dir / SAMPLES_FILE).open("a", encoding="utf-8") as f:
-            f.write(f"--- step {self.step}, temperature 0.8, prompt {prompt!r}, {cost}"
-                    f"{f' ({g.stopped})' if g.stopped else ''}"
-                    f"\n{prompt}{g.text}\n\n")
 
     # -- the run -------------------------------------------------------------
     def run(self) -> TrainSummary:
