@@ -142,24 +142,26 @@ class StabilityController:
             re = float(est.max_real.nan_to_num(nan=-math.inf).max())
             self.last_re = re
             metrics["stab_re"] = re
+            # the two actions this evidence can call for: a kick, or (the flow settles but
+            # the relaxations fail) smaller steps for every phase
+            kicked = self.weight * c.kick
+            smaller = {k: max(v * c.eps_factor, c.eps_min) for k, v in (eps or {}).items()
+                       if v > c.eps_min and c.eps_factor < 1}
+            failing = converged < c.converged_min
             if re > -c.margin:
-                old = self.weight
-                self.weight *= c.kick
+                old, self.weight = self.weight, kicked
                 events.append({"step": step, "event": "stability_kick", "re_mu": re,
                                "weight": [old, self.weight],
                                "detail": f"leading Re μ {re:+.3f} > -{c.margin}: penalty "
                                          f"weight {old:.3g} -> {self.weight:.3g}"})
-            elif c.eps_factor < 1 and eps and converged < c.converged_min:
-                changes = {k: max(v * c.eps_factor, c.eps_min) for k, v in eps.items()
-                           if v > c.eps_min}
-                if changes:
-                    shown = "; ".join(f"{k} {eps[k]:.3g} -> {v:.3g}" for k, v in changes.items())
-                    events.append({"step": step, "event": "stability_eps", "re_mu": re,
-                                   "changes": changes,
-                                   "detail": f"{converged:.0%} of free relaxations converged "
-                                             f"while the leading Re μ is {re:+.3f} ≤ "
-                                             f"-{c.margin} (the flow settles, the map at ε "
-                                             f"does not): {shown}"})
+            elif failing and smaller:
+                changes = smaller
+                shown = "; ".join(f"{k} {eps[k]:.3g} -> {v:.3g}" for k, v in changes.items())
+                events.append({"step": step, "event": "stability_eps", "re_mu": re,
+                               "changes": changes,
+                               "detail": f"{converged:.0%} of free relaxations converged while "
+                                         f"the leading Re μ is {re:+.3f} ≤ -{c.margin} (the "
+                                         f"flow settles, the map at ε does not): {shown}"})
         self.weight = min(max(self.weight, c.w_min), c.w_max)
         metrics["stab_weight_next"] = self.weight  # the weight of the next step
         return Decision(changes=changes, weight=self.weight, events=events, metrics=metrics)
