@@ -13,6 +13,7 @@ from ..solvers.anderson import Anderson
 from ..solvers.base import sample_norm
 from ..solvers.krylov import gmres
 from ..solvers.relaxation import Relaxation
+from ..validate import choice
 from .adjoint import AdjointField
 from .base import Estimator, EstimatorResult, surrogate
 
@@ -59,9 +60,7 @@ class IFT(Estimator):
         if self.restart < 1 or self.max_iter < 1 or self.check_every < 1:
             raise ConfigError(f"IFT(restart={self.restart}, max_iter={self.max_iter}, "
                               f"check_every={self.check_every}): must be ≥ 1")
-        if self.adjoint not in ADJOINTS:
-            raise ConfigError(f"IFT(adjoint={self.adjoint!r}): allowed values are "
-                              f"{', '.join(ADJOINTS)}")
+        choice(self, "adjoint", self.adjoint, ADJOINTS)
         if self.adjoint == "anderson":
             # the flow is stable exactly when the free dynamics are (checked there)
             self.relaxation = Relaxation(Anderson(eps=self.eps), tol=self.tol,

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from ..errors import ConfigError
 from ..solvers.registry import SolverConfig, build_solver
+from ..validate import choice
 from .base import Estimator
 from .bptt import BPTT
 from .ep import EP, AsymEP
@@ -64,9 +65,7 @@ class EstimatorConfig:
             raise ConfigError(f"estimator beta={self.beta!r}: must be > 0")
         if not 0 < self.ift_tol < 1:
             raise ConfigError(f"estimator ift_tol={self.ift_tol!r}: must be in (0, 1)")
-        if self.ift_adjoint not in ADJOINTS:
-            raise ConfigError(f"estimator ift_adjoint={self.ift_adjoint!r}: allowed values are "
-                              f"{', '.join(ADJOINTS)}")
+        choice("estimator", "ift_adjoint", self.ift_adjoint, ADJOINTS)
         if not (isinstance(self.bptt_steps, int) and self.bptt_steps >= 1):
             raise ConfigError(f"estimator bptt_steps={self.bptt_steps!r}: must be an integer ≥ 1")
         if not self.radius > 0:

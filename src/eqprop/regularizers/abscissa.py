@@ -9,14 +9,15 @@ below ``-margin``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from ..errors import ConfigError
 from ..fields import Field, jvp
 from ..solvers.stability import KRYLOV_DIM, leading_mode
+from ..validate import interval
 from .base import Regularizer, _check_real
 
 __all__ = ["Abscissa"]
@@ -41,10 +42,8 @@ class Abscissa(Regularizer):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.last_lead: float | None = None
-        if isinstance(self.margin, bool) or not isinstance(self.margin, (int, float)) \
-                or not 0 <= self.margin < float("inf"):
-            raise ConfigError(f"Abscissa(margin={self.margin!r}): must be a finite number ≥ 0")
+        self._lead: Tensor | None = None
+        interval(self, "margin", self.margin, 0.0, math.inf, hi_open=True)
 
     def rayleigh(self, field: Field, z_star: Tensor, y: Tensor) -> Tensor:
         """``ρ_b = Re(yᴴ J y)`` per sample ``(B,)`` for a complex ``y`` ``(B, ...)``,
@@ -61,13 +60,13 @@ class Abscissa(Regularizer):
         z = _check_real(z_star, "Abscissa")  # (B, ...)
         _, y = leading_mode(field, z, KRYLOV_DIM)  # (B,), (B, ...) unit
         rho = self.rayleigh(field, z, y)  # (B,)
-        self.last_lead = float(rho.detach().max())
+        self._lead = rho.detach().max()  # read by metrics(), after the step's transfer
         return torch.relu(rho + self.margin).pow(2).mean()
 
     def metrics(self) -> dict[str, float]:
         """As :meth:`Regularizer.metrics`, with ``reg_lead_re``: the largest ``ρ_b`` of the
         last penalty (the leading ``Re μ`` of the penalised samples)."""
         out = super().metrics()
-        if self.last_value is not None and self.last_lead is not None:
-            out["reg_lead_re"] = self.last_lead
+        if self.last_value is not None and self._lead is not None:
+            out["reg_lead_re"] = float(self._lead)
         return out

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError
+from ..validate import interval
 from .abscissa import Abscissa
 from .adaptive import AdaptiveWeight
 from .base import Regularizer
@@ -75,9 +77,7 @@ class RegularizerConfig:
                 or self.samples < 0:
             raise ConfigError(f"regularizer samples={self.samples!r}: must be an integer ≥ 0 "
                               "(0: the whole batch)")
-        if isinstance(self.margin, bool) or not isinstance(self.margin, (int, float)) \
-                or not 0 <= self.margin < float("inf"):
-            raise ConfigError(f"regularizer margin={self.margin!r}: must be a finite number ≥ 0")
+        interval("regularizer", "margin", self.margin, 0.0, math.inf, hi_open=True)
         if self.adaptive and self.name != "none":
             self.weight_controller()  # validate the knobs now, with the config's names
 

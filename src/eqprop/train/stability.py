@@ -39,6 +39,7 @@ from torch import Tensor
 from ..errors import ConfigError
 from ..fields import Field
 from ..solvers.stability import leading_real
+from ..validate import boolean, integer, interval, positive
 from .decisions import Decision
 
 __all__ = ["StabilityConfig", "StabilityController"]
@@ -84,26 +85,18 @@ class StabilityConfig:
     converged_min: float = 0.9
 
     def __post_init__(self) -> None:
-        if not isinstance(self.enabled, bool):
-            raise ConfigError(f"stability.enabled={self.enabled!r}: must be true or false")
+        boolean("stability", "enabled", self.enabled)
         for name, lo in (("target_nfe", 1.0), ("gain", 0.0), ("w_init", 0.0), ("w_min", 0.0),
                          ("w_max", 0.0), ("margin", 0.0), ("kick", 1.0)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (
-                    lo <= v < math.inf):
-                raise ConfigError(f"stability.{name}={v!r}: must be a finite number ≥ {lo}")
+            interval("stability", name, getattr(self, name), lo, math.inf, hi_open=True)
         if not self.w_min <= self.w_init <= self.w_max:
             raise ConfigError(f"stability: need w_min ≤ w_init ≤ w_max (got {self.w_min}, "
                               f"{self.w_init}, {self.w_max})")
-        for name, lo, hi in (("eps_factor", 0.0, 1.0), ("eps_min", 0.0, math.inf),
-                             ("converged_min", 0.0, 1.0)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo < v <= hi:
-                raise ConfigError(f"stability.{name}={v!r}: must lie in ({lo}, {hi}]")
+        interval("stability", "eps_factor", self.eps_factor, 0.0, 1.0, lo_open=True)
+        positive("stability", "eps_min", self.eps_min)
+        interval("stability", "converged_min", self.converged_min, 0.0, 1.0, lo_open=True)
         for name, lo in (("every", 0), ("samples", 1), ("krylov", 2)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                raise ConfigError(f"stability.{name}={v!r}: must be an integer ≥ {lo}")
+            integer("stability", name, getattr(self, name), lo)
 
 
 class StabilityController:
