@@ -10,12 +10,14 @@ past the wall?
     python benchmarks/wall_arms.py report --out benchmarks/results/past_the_wall_h200/README.md \\
         runs/wall/jac_s0/metrics.jsonl ...
 
-The table gives, per arm: steps reached, train CE (mean of the last 50 logged steps),
-the last validation CE after the reference solve, the smallest converged fraction of
-the free relaxations over the logged steps and the step where it first fell below
-99 % and below 50 % (the wall) with the train CE there, the largest leading ``Re μ``
-measured at z* (the free phase's stability check, else the penalty's or the
-controller's estimate), skipped updates and the penalty weight at the end.
+The table gives, per arm: steps reached, train CE (mean of the last ``--tail`` logged
+steps, 50 by default), the last validation CE after the reference solve, the smallest
+converged fraction of the free relaxations over the logged steps and the step where it
+first fell below 99 % and below 50 % (the wall) with the train CE there, the largest
+leading ``Re μ`` measured at z* (the free phase's stability check, else the penalty's or
+the controller's estimate), skipped updates and the penalty weight at the end. With
+``--relaxation`` it adds the free phase's mean NFE and the nudged phases' converged
+fraction (both over the same tail) and a panel of the free NFE.
 """
 
 from __future__ import annotations
@@ -95,7 +97,7 @@ def _lead(r: dict) -> float | None:
     return None
 
 
-def _summary(name: str, recs: list[dict]) -> dict:
+def _summary(name: str, recs: list[dict], n_tail: int = 50) -> dict:
     steps = [r for r in recs if "event" not in r]
     conv = [(r["step"], r["status"].get("converged", 0) / max(1, sum(r["status"].values())))
             for r in steps if r.get("status")]
@@ -103,7 +105,7 @@ def _summary(name: str, recs: list[dict]) -> dict:
     half = next((s for s, f in conv if f < 0.5), None)  # the wall: most samples fail
     vals = [r for r in steps if r.get("val_ce_ref") is not None]
     res = [_lead(r) for r in steps if _lead(r) is not None]
-    tail = [r["train_ce"] for r in steps[-50:] if r.get("train_ce") is not None]
+    tail = [r["train_ce"] for r in steps[-n_tail:] if r.get("train_ce") is not None]
     return {"arm": name, "steps": steps[-1]["step"] if steps else 0,
             "train_ce": sum(tail) / len(tail) if tail else float("nan"),
             "val_ce_ref": vals[-1]["val_ce_ref"] if vals else float("nan"),
@@ -116,7 +118,23 @@ def _summary(name: str, recs: list[dict]) -> dict:
             "skipped": sum(1 for r in steps if r.get("skipped")),
             "weight": next((r["reg_weight"] for r in reversed(steps) if "reg_weight" in r),
                            float("nan")),
-            "kicks": sum(1 for r in recs if r.get("event") == "stability_kick")}
+            "kicks": sum(1 for r in recs if r.get("event") == "stability_kick"),
+            "free_nfe": _mean([r["nfe"]["free"] for r in steps[-n_tail:]
+                               if "free" in r.get("nfe", {})]),
+            "nudged_conv": _mean([_converged(r["nudge_status"]) for r in steps[-n_tail:]
+                                  if r.get("nudge_status")])}
+
+
+def _pct(x: float) -> str:
+    return "—" if x != x else f"{x:.0%}"
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def _converged(status: dict[str, int]) -> float:
+    return status.get("converged", 0) / max(1, sum(status.values()))
 
 
 def report(a: argparse.Namespace) -> None:
@@ -127,10 +145,11 @@ def report(a: argparse.Namespace) -> None:
 
     runs = {Path(p).stem if Path(p).name != "metrics.jsonl" else Path(p).parent.name:
             _read(Path(p)) for p in a.metrics}
-    rows = [_summary(n, r) for n, r in runs.items()]
+    rows = [_summary(n, r, a.tail) for n, r in runs.items()]
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(1, 4, figsize=(18, 4))
+    panels = 5 if a.relaxation else 4
+    fig, ax = plt.subplots(1, panels, figsize=(4.5 * panels, 4))
     for name, recs in runs.items():
         steps = [r for r in recs if "event" not in r]
         x = [r["step"] for r in steps]
@@ -141,24 +160,32 @@ def report(a: argparse.Namespace) -> None:
         ax[2].plot([r["step"] for r in s], [_lead(r) for r in s], lw=1)
         w = [r for r in steps if "reg_weight" in r]
         ax[3].semilogy([r["step"] for r in w], [r["reg_weight"] for r in w], lw=1)
+        if a.relaxation:
+            n = [r for r in steps if "free" in r.get("nfe", {})]
+            ax[4].plot([r["step"] for r in n], [r["nfe"]["free"] for r in n], lw=1)
     ax[2].axhline(0, color="k", lw=0.5)
-    for a_, t in zip(ax, ("train CE", "free relaxations converged", "leading Re μ at z*",
-                          "penalty weight"), strict=True):
+    titles = ("train CE", "free relaxations converged", "leading Re μ at z*", "penalty weight",
+              "free phase mean NFE")
+    for a_, t in zip(ax, titles[:panels], strict=True):
         a_.set_title(t)
         a_.set_xlabel("step")
     ax[0].legend(fontsize=7)
     fig.tight_layout()
     png = out.with_suffix(".png") if out.suffix == ".md" else out.parent / "arms.png"
     fig.savefig(png, dpi=110)
-    lines = ["| arm | steps | train CE (last 50 logged) | val CE ref (step) | min converged | "
+    lines = [f"| arm | steps | train CE (last {a.tail} logged) | val CE ref (step) | min converged | "
              "first < 99 % | first < 50 % (train CE there) | max Re μ | skipped | weight at end | "
-             "kicks |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "kicks |" + (f" free NFE (last {a.tail}) | nudged converged (last {a.tail}) |"
+                          if a.relaxation else ""),
+             "|---" * (13 if a.relaxation else 11) + "|"]
     for r in rows:
         lines.append(f"| {r['arm']} | {r['steps']} | {r['train_ce']:.3f} | "
                      f"{r['val_ce_ref']:.3f} ({r['val_step']}) | {r['min_conv']:.0%} | "
                      f"{r['first_below_99']} | {r['first_below_50']} ({r['ce_at_wall']:.2f}) | "
                      f"{r['max_re']:+.3f} | {r['skipped']} | "
-                     f"{r['weight']:.3g} | {r['kicks']} |")
+                     f"{r['weight']:.3g} | {r['kicks']} |"
+                     + (f" {r['free_nfe']:.0f} | {_pct(r['nudged_conv'])} |" if a.relaxation
+                        else ""))
     text = "\n".join(lines) + "\n"
     if a.append_to:
         body = Path(a.append_to).read_text() if Path(a.append_to).exists() else ""
@@ -179,6 +206,9 @@ def main() -> None:
     q.add_argument("metrics", nargs="+")
     q.add_argument("--out", required=True)
     q.add_argument("--append-to", default=None, help="a markdown preamble to keep")
+    q.add_argument("--tail", type=int, default=50, help="logged steps the tail means span")
+    q.add_argument("--relaxation", action="store_true",
+                   help="add the free NFE and the nudged phases' converged fraction")
     a = p.parse_args()
     run(a) if a.cmd == "run" else report(a)
 

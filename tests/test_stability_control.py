@@ -216,15 +216,42 @@ def test_ema_update_and_swap():
     with torch.no_grad():
         for p in lin.parameters():
             p.add_(1.0)
-    ema.update()
+    ema.update()  # the first update's warmed-up decay: min(0.9, 2/11)
+    d1 = 2 / 11
     for s, p, t in zip(ema.shadow, lin.parameters(), start, strict=True):
-        torch.testing.assert_close(s, 0.9 * t + 0.1 * p.detach())
+        torch.testing.assert_close(s, d1 * t + (1 - d1) * p.detach())
     current = [p.detach().clone() for p in lin.parameters()]
     with ema.swapped():
         assert all(torch.equal(p, s) for p, s in zip(lin.parameters(), ema.shadow, strict=True))
     assert all(torch.equal(p, c) for p, c in zip(lin.parameters(), current, strict=True))
     with pytest.raises(ValueError, match="decay=1"):
         EMA(lin, decay=1)
+
+
+def test_ema_warmup_reaches_the_full_decay_and_resumes():
+    lin = torch.nn.Linear(2, 1).double()
+    ema = EMA(lin, decay=0.99)
+    ref = [p.detach().clone() for p in lin.parameters()]  # an independent recursion
+    for n in range(1, 2001):
+        with torch.no_grad():
+            for p in lin.parameters():
+                p.add_(0.01)
+        d = min(0.99, (1 + n) / (10 + n))
+        ref = [d * r + (1 - d) * p.detach() for r, p in zip(ref, lin.parameters(), strict=True)]
+        ema.update()
+    assert ema.current_decay() == 0.99
+    for s, r in zip(ema.shadow, ref, strict=True):
+        torch.testing.assert_close(s, r)
+    # at the full decay the average lags a ramp of slope 0.01 by 0.01·d/(1-d) = 0.99
+    lag = [float((p.detach() - s).max()) for p, s in zip(lin.parameters(), ema.shadow,
+                                                          strict=True)]
+    assert lag == pytest.approx([0.99, 0.99], rel=1e-3)
+    again = EMA(lin, decay=0.99)
+    again.load_state_dict(ema.state_dict())
+    assert again.updates == 2000 and again.current_decay() == 0.99
+    old = EMA(lin, decay=0.99)  # a checkpoint from before the warm-up: the full decay
+    old.load_state_dict({"shadow": ema.state_dict()["shadow"]})
+    assert old.current_decay() == 0.99
 
 
 def _recipe(text_file, out_dir):
@@ -254,6 +281,10 @@ def test_recipe_resumes_exactly_and_checkpoints_its_state(tmp_path, text_file):
     b = read_metrics(run_b / "metrics.jsonl")
     assert without_clock(a) == without_clock(b)
     assert any("stab_re" in r for r in a)
+    # validation of the average, and of the raw parameters beside it
+    val = [r for r in a if "val_ce_ref" in r]
+    assert val and all(math.isfinite(r["val_raw_ce_ref"]) for r in val)
+    assert any(r["val_raw_ce_ref"] != r["val_ce_ref"] for r in val)
     # the trainer applies each decision at the next step
     steps = [r for r in a if "event" not in r]
     assert [r["reg_weight"] for r in steps[1:]] == [r["stab_weight_next"] for r in steps[:-1]]

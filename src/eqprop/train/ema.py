@@ -12,7 +12,13 @@ __all__ = ["EMA"]
 
 
 class EMA:
-    """``θ̄ ← θ̄ + (1 - decay)(θ - θ̄)`` after every applied update.
+    """``θ̄ ← θ̄ + (1 - d_n)(θ - θ̄)`` after the n-th applied update, with the warmed-up
+    decay ``d_n = min(decay, (1 + n) / (10 + n))``.
+
+    Without the warm-up the average starts at the initial parameters and lags them by
+    about ``1 / (1 - decay)`` updates (1000 at 0.999, most of a short run); with it the
+    early updates weigh more, so the average follows training from the start and
+    reaches the full ``decay`` after ``(10 decay - 1) / (1 - decay)`` updates.
 
     :meth:`swapped` puts θ̄ into the model in place (so CUDA graphs that read the
     parameters see it) and restores θ afterwards.
@@ -26,13 +32,21 @@ class EMA:
         if not 0 < decay < 1:
             raise ValueError(f"EMA(decay={decay!r}): must lie in (0, 1)")
         self.decay = decay
+        self.updates = 0
         self.params = [p for p in model.parameters()]
         self.shadow = [p.detach().clone() for p in self.params]
+
+    def current_decay(self) -> float:
+        """``d_n`` of the next update."""
+        n = self.updates + 1
+        return min(self.decay, (1 + n) / (10 + n))
 
     @torch.no_grad()
     def update(self) -> None:
         """Move the average towards the current parameters (one fused kernel per dtype)."""
-        torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1 - self.decay)
+        weight = 1 - self.current_decay()
+        torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], weight)
+        self.updates += 1
 
     @contextlib.contextmanager
     def swapped(self) -> Iterator[None]:
@@ -46,10 +60,13 @@ class EMA:
             with torch.no_grad():
                 torch._foreach_copy_([p.data for p in self.params], saved)
 
-    def state_dict(self) -> dict[str, list[Tensor]]:
-        return {"shadow": [t.detach().cpu() for t in self.shadow]}
+    def state_dict(self) -> dict[str, list[Tensor] | int]:
+        return {"shadow": [t.detach().cpu() for t in self.shadow], "updates": self.updates}
 
-    def load_state_dict(self, state: dict[str, list[Tensor]]) -> None:
+    def load_state_dict(self, state: dict[str, list[Tensor] | int]) -> None:
+        # a checkpoint written before the warm-up holds no count: its average runs at the
+        # full decay, as it did
+        self.updates = int(state.get("updates", 10**9))
         shadow = state["shadow"]
         if len(shadow) != len(self.shadow):
             raise ValueError(f"EMA state holds {len(shadow)} tensors, the model "

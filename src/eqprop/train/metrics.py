@@ -15,7 +15,9 @@ Record keys written by the trainer (a missing key means "not measured at this st
   (the wall guard's ``skip`` policy).
 - ``guard_fail``: the wall guard's failed fraction of free relaxations, averaged over
   its window (see :class:`~eqprop.train.config.GuardConfig`).
-- ``val_*`` / ``ref_*``: validation (see :func:`eqprop.train.evaluation.evaluate`).
+- ``val_*`` / ``ref_*``: validation (see :func:`eqprop.train.evaluation.evaluate`), of
+  the parameters' moving average when ``optim.ema_decay`` is set; then ``val_raw_ce`` and
+  ``val_raw_ce_ref`` are those of the raw parameters.
 - ``event``: a record that reports an event: ``nonfinite`` or ``rejected`` (an update
   skipped),
   ``checkpoint_refused``, ``wall`` (the wall guard tripped; ``action`` says what it did,

@@ -127,6 +127,9 @@ def _plot_ce(records, unigram: float | None, out: Path, events=()) -> None:
     x, y = _series(records, "val_ce_ref")
     if x:
         ax.plot(x, y, "x--", color="tab:red", label="val, reference solve")
+    x, y = _series(records, "val_raw_ce_ref")
+    if x:  # with a moving average, val_* are the average's and these the raw parameters'
+        ax.plot(x, y, "+:", color="tab:brown", label="val, raw parameters, reference solve")
     if unigram is not None:
         ax.axhline(unigram, color="gray", ls=":", label=f"unigram entropy {unigram:.2f}")
     if ax.get_legend_handles_labels()[0]:

@@ -350,14 +350,19 @@ class Trainer:
             return {}
         self.model.eval()
         with self.averaged():
-            if isinstance(self.model, StandardLM):
-                out = evaluate_forward(self.model, self.corpus, self.cfg.eval,
-                                       seed=self.cfg.run.seed, device=self.device)
-            else:
-                out = evaluate(self.model, self.corpus, self.cfg.solver, self.cfg.eval,
-                               seed=self.cfg.run.seed, device=self.device)
+            out = self._evaluate("val")
+        if self.ema is not None:  # the raw parameters too: does the average help?
+            raw = self._evaluate("val_raw")
+            out.update({k: raw[k] for k in ("val_raw_ce", "val_raw_ce_ref") if k in raw})
         self.val_last = out
         return out
+
+    def _evaluate(self, prefix: str) -> dict[str, Any]:
+        if isinstance(self.model, StandardLM):
+            return evaluate_forward(self.model, self.corpus, self.cfg.eval,
+                                    seed=self.cfg.run.seed, device=self.device, prefix=prefix)
+        return evaluate(self.model, self.corpus, self.cfg.solver, self.cfg.eval,
+                        seed=self.cfg.run.seed, device=self.device, prefix=prefix)
 
     def averaged(self) -> contextlib.AbstractContextManager:
         """The parameters' moving average in the model (when ``optim.ema_decay`` is set)."""
