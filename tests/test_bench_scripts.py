@@ -1,0 +1,58 @@
+"""The study's benchmark scripts: ``wall_arms.py report`` and ``wall_probe.py --row``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from eqprop.solvers import Anderson
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _record(step: int, ce: float, converged: int, nfe: float, nudged: int) -> dict:
+    return {"step": step, "train_ce": ce, "nfe": {"free": nfe},
+            "status": {"converged": converged, "contracting": 4 - converged},
+            "nudge_status": {"converged": nudged, "cycling": 8 - nudged},
+            "lead_re": -0.5 + 0.01 * step, "reg_weight": 10.0}
+
+
+def test_wall_arms_report_reads_the_wall_and_the_relaxation_tail(tmp_path):
+    recs = [_record(s, 3.0 - 0.1 * s, c, n, u) for s, c, n, u in
+            ((1, 4, 10, 8), (2, 4, 20, 8), (3, 1, 30, 6), (4, 3, 40, 4))]
+    recs.insert(3, {"event": "rejected", "step": 3})
+    path = tmp_path / "arm.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in recs) + "\n{torn")
+    out = tmp_path / "report.md"
+    args = argparse.Namespace(metrics=[str(path)], out=str(out), append_to=None, tail=2,
+                              relaxation=True)
+    _script("wall_arms").report(args)
+    row = next(line for line in out.read_text().splitlines() if line.startswith("| arm |"))
+    assert "last 2 logged" in row
+    cells = [c.strip() for c in out.read_text().splitlines()[2].split("|")[1:-1]]
+    # steps, train CE over the last 2, min converged 1/4, first < 99 % at 3, < 50 % at 3
+    assert cells[:7] == ["arm", "4", "2.650", "nan (None)", "25%", "3", "3 (2.70)"]
+    assert cells[7] == "-0.460"  # the largest leading Re μ, step 4
+    assert cells[-2:] == ["35", "62%"]  # free NFE and nudged converged over the last 2
+    assert (tmp_path / "report.png").exists()
+
+
+def test_wall_probe_rows_build_the_named_solver_and_reject_bad_settings():
+    probe = _script("wall_probe")
+    text, section = probe._row_spec("anderson:eps=0.25,m=20")
+    assert text == "anderson:eps=0.25,m=20" and section == Anderson(eps=0.25, m=20)
+    for bad, says in (("nope", "unknown solver 'nope'"), ("anderson:foo=1", "no setting 'foo'"),
+                      ("anderson:m=x", "m='x' is not a int")):
+        with pytest.raises(argparse.ArgumentTypeError, match=says):
+            probe._row_spec(bad)
