@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from eqprop.train.configio import config_from_dict, load_config_file
@@ -20,11 +21,13 @@ def test_study_config_is_the_study_size():
     assert cfg.solver.capture and cfg.estimator.nudge.capture  # CUDA graphs (CPU: eager)
 
 
-def test_abscissa_recipe_is_the_study_size_with_the_hinge_and_a_small_anderson_eps():
+def test_abscissa_recipe_is_the_study_size_with_the_hinge_and_a_deep_anderson_history():
     base = config_from_dict(load_config_file(ROOT / "configs" / "study.toml"))
     cfg = config_from_dict(load_config_file(ROOT / "configs" / "study_abscissa.toml"))
-    assert cfg.model == base.model and cfg.data == base.data and cfg.optim == base.optim
+    assert cfg.model == base.model and cfg.data == base.data
+    assert cfg.optim == replace(base.optim, ema_decay=0.999)
     r = cfg.regularizer
     assert (r.name, r.weight, r.margin, r.samples) == ("abscissa", 100.0, 0.5, 16)
-    assert cfg.solver.anderson.eps == cfg.estimator.nudge.anderson.eps == 0.1
+    for phase in (cfg.solver, cfg.estimator.nudge):
+        assert (phase.anderson.eps, phase.anderson.m) == (0.25, 20)
     assert (cfg.solver.max_steps, cfg.estimator.nudge.max_steps) == (300, 150)
