@@ -37,7 +37,8 @@ class SolverState:
 
     ``nfe`` counts F-equivalent evaluations per sample; ``eps`` is the per-sample
     step size where the solver has one; ``aux`` holds solver-specific tensors
-    (histories, controller memory), each ``(B, ...)``.
+    (histories, controller memory), each ``(B, ...)``. A tensor may be the very same
+    object in the old and the new state (a history updated in place, see :class:`Solver`).
     """
 
     z: Tensor  # (B, ...)
@@ -47,10 +48,14 @@ class SolverState:
     aux: dict[str, Tensor] = field(default_factory=dict)
 
     def where(self, keep_new: Tensor, new: SolverState) -> SolverState:
-        """Take ``new`` for samples where ``keep_new`` ``(B,)`` is True, else keep ``self``."""
+        """Take ``new`` for samples where ``keep_new`` ``(B,)`` is True, else keep ``self``.
+
+        A tensor that ``new`` shares with ``self`` (updated in place) is taken as it is:
+        selecting between an object and itself would be a wasted pass over it.
+        """
 
         def pick(a: Tensor | None, b: Tensor | None) -> Tensor | None:
-            if a is None or b is None:
+            if a is None or b is None or a is b:
                 return b
             return torch.where(bcast(keep_new, a), b, a)
 
@@ -65,6 +70,11 @@ class Solver(ABC):
     ``capturable`` is True for solvers whose ``step`` never synchronises with the host
     (no ``.item()``, no Python branch on a tensor), so that ``relax(capture=True)`` can
     record it in a CUDA graph.
+
+    ``step`` may update history buffers in ``state.aux`` in place (and return the same
+    objects): the relaxation loop keeps only the newest state and never steps a sample
+    again once it turned inactive, so overwriting an inactive sample's history is
+    harmless. A caller that keeps earlier states must not rely on their ``aux``.
     """
 
     capturable: ClassVar[bool] = False
