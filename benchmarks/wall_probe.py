@@ -38,6 +38,7 @@ import torch
 
 from eqprop.data import load_corpus
 from eqprop.diagnostics import spectrum
+from eqprop.errors import ConfigError
 from eqprop.solvers import AdaptiveEuler, Anderson, Euler, relax
 from eqprop.solvers.base import SolverSettings
 from eqprop.solvers.ode import ODE, settling_time
@@ -69,14 +70,22 @@ def _row_spec(text: str) -> tuple[str, object]:
         if key not in types:
             raise argparse.ArgumentTypeError(
                 f"--row {text!r}: {name} has no setting {key!r}; one of {', '.join(types)}")
-        kind = {"int": int, "float": float, "bool": lambda v: v.lower() == "true"}.get(
-            str(types[key]), str)
+        kind = {"int": int, "float": float, "bool": _boolean}.get(str(types[key]), str)
         try:
             kwargs[key] = kind(value)
         except ValueError:
             raise argparse.ArgumentTypeError(
                 f"--row {text!r}: {key}={value!r} is not a {types[key]}") from None
-    return text, section(**kwargs)
+    try:
+        return text, section(**kwargs)
+    except ConfigError as e:  # a value out of its range
+        raise argparse.ArgumentTypeError(f"--row {text!r}: {e}") from None
+
+
+def _boolean(value: str) -> bool:
+    if value.lower() not in ("true", "false"):
+        raise ValueError(value)
+    return value.lower() == "true"
 
 
 def probe(run_dir: str, device: str, grid: list[tuple[str, object]] | None = None,

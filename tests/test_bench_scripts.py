@@ -53,6 +53,6 @@ def test_wall_probe_rows_build_the_named_solver_and_reject_bad_settings():
     text, section = probe._row_spec("anderson:eps=0.25,m=20")
     assert text == "anderson:eps=0.25,m=20" and section == Anderson(eps=0.25, m=20)
     for bad, says in (("nope", "unknown solver 'nope'"), ("anderson:foo=1", "no setting 'foo'"),
-                      ("anderson:m=x", "m='x' is not a int")):
+                      ("anderson:m=x", "m='x' is not a int"), ("anderson:m=0", "anderson:m=0")):
         with pytest.raises(argparse.ArgumentTypeError, match=says):
             probe._row_spec(bad)
