@@ -8,6 +8,7 @@ import dataclasses
 import pytest
 
 from eqprop.errors import ConfigError
+from eqprop.gradients.registry import EstimatorConfig
 from eqprop.solvers import (
     IMEX,
     ODE,
@@ -83,3 +84,13 @@ def test_a_toml_section_sets_its_solver(tmp_path):
     assert build_solver(cfg.solver) == Anderson(m=6)
     nudge = build_solver(dataclasses.replace(cfg.estimator.nudge, name="adaptive"))
     assert nudge.controller == StepDoubling(rtol=0.05)
+
+
+@pytest.mark.parametrize("name", ["newton", "implicit", "ptc"])
+def test_nudged_phases_refuse_a_solver_that_takes_jvps_of_the_field(name):
+    # the nudged field's loss gradient is not forward-mode differentiable: such a solver
+    # crashed at the first training step; now it is one line naming what is allowed
+    with pytest.raises(ConfigError, match=rf"estimator.nudge.name='{name}'.*allow euler, "):
+        EstimatorConfig(nudge=SolverConfig(name=name))
+    EstimatorConfig(nudge=SolverConfig(name="anderson"))  # and the allowed ones still build
+    assert SolverConfig(name=name).name == name  # the free phase keeps them

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError
-from ..solvers.registry import SolverConfig, build_solver
+from ..solvers.registry import SOLVERS, SolverConfig, build_solver, solver_class
 from ..validate import choice
 from .base import Estimator
 from .bptt import BPTT
@@ -73,6 +73,11 @@ class EstimatorConfig:
         if isinstance(self.n_nudges, bool) or not isinstance(self.n_nudges, int) \
                 or self.n_nudges < 1:
             raise ConfigError(f"estimator n_nudges={self.n_nudges!r}: must be an integer ≥ 1")
+        if solver_class(self.nudge.name).uses_jvp:
+            raise ConfigError(
+                f"estimator.nudge.name={self.nudge.name!r}: its step takes JVPs of the nudged "
+                "field, whose loss gradient is not forward-mode differentiable; the nudged "
+                f"phases allow {', '.join(n for n in SOLVERS if not solver_class(n).uses_jvp)}")
         if self.nudge.stability != "auto":
             raise ConfigError(f"estimator.nudge.stability={self.nudge.stability!r}: the nudged "
                               "equilibria are never checked (their linearisation is the free "

@@ -69,7 +69,8 @@ class Solver(ABC):
 
     ``capturable`` is True for solvers whose ``step`` never synchronises with the host
     (no ``.item()``, no Python branch on a tensor), so that ``relax(capture=True)`` can
-    record it in a CUDA graph.
+    record it in a CUDA graph. ``uses_jvp`` is True for solvers whose step takes
+    Jacobian-vector products of the field (Newton-type inner solves).
 
     ``step`` may update history buffers in ``state.aux`` in place (and return the same
     objects): the relaxation loop keeps only the newest state and never steps a sample
@@ -78,6 +79,7 @@ class Solver(ABC):
     """
 
     capturable: ClassVar[bool] = False
+    uses_jvp: ClassVar[bool] = False
     #: the solver follows the flow (explicit Euler, adaptive Euler, the ODE reference):
     #: a source or saddle repels it, so it never lands on one from a generic start and
     #: ``relax(stability="auto")`` skips the stability check (see solvers/stability.py)

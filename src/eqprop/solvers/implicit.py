@@ -57,6 +57,8 @@ class ImplicitEuler(Solver):
         controller: picks h per sample (its ``eps_min``/``eps_max`` bound h), or None.
     """
 
+    uses_jvp: ClassVar[bool] = True
+
     h: float = 1.0
     newton_tol: float = 1e-3
     max_newton: int = 4

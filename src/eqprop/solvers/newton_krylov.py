@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -116,6 +117,8 @@ class NewtonKrylov(Solver):
         c: sufficient-decrease constant of the line search, in (0, 1).
         max_backtracks: step halvings per line search.
     """
+
+    uses_jvp: ClassVar[bool] = True
 
     eta0: float = 1e-6
     eta_max: float = 0.9
