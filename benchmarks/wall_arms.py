@@ -240,7 +240,7 @@ def num(x: float | None) -> float:
 def summarize_arm(name: str, recs: list[dict], n_tail: int = 50) -> dict:
     """One arm's row of the table (see the module docstring) from its records."""
     steps = [r for r in recs if "event" not in r]
-    conv = [(r["step"], r["status"].get("converged", 0) / max(1, sum(r["status"].values())))
+    conv = [(r["step"], _converged(r["status"]))
             for r in steps if r.get("status")]
     first_bad = next((s for s, f in conv if f < 0.99), None)
     half = next((s for s, f in conv if f < 0.5), None)  # the wall: most samples fail

@@ -203,7 +203,10 @@ def test_follows_the_reference_through_restarts():
 @pytest.mark.parametrize("m", [5, 20])
 def test_follows_the_reference_on_complex_states(m):
     F = affine(torch.complex128)
-    follow(F, z0_for(F), m, eps=0.3)
+    new, _ = follow(F, z0_for(F), m, eps=0.3)
+    # a complex state that stayed complex, with a history that filled
+    assert new.z.dtype == torch.complex128 and bool((new.z.imag != 0).any())
+    assert (new.aux["count"] > 0).all() and torch.is_complex(new.aux["G"])
 
 
 def test_history_is_updated_in_place_and_where_keeps_it():
