@@ -290,3 +290,52 @@ def test_step_never_synchronises_and_captures_on_gpu():
         captured = relax(F, z0, s, capture=True, **kw)
     assert torch.equal(eager.steps, captured.steps) and torch.equal(eager.nfe, captured.nfe)
     torch.testing.assert_close(eager.z, captured.z, rtol=0, atol=1e-6)
+
+
+@gpu
+@pytest.mark.parametrize("m", [17, 20])
+def test_deep_history_captures_at_a_large_batch_on_gpu(m):
+    """B 64 and m > 16: the sizes at which PyTorch's default LU heuristic takes MAGMA,
+    which cannot be recorded (the study's Anderson m 20 ran eagerly before
+    ``batched_solve``). Captured = eager, and both reach ``-A⁻¹ b``."""
+    g = torch.Generator().manual_seed(3)
+    N, B = 48, 64  # N > m: the history has m independent columns
+    A = -torch.eye(N, dtype=torch.float64) + 0.9 * torch.randn(N, N, generator=g,
+                                                               dtype=torch.float64) / N ** 0.5
+    b = torch.randn(B, N, generator=g, dtype=torch.float64)
+    F = Affine(A.float().cuda(), b.float().cuda())
+    z0 = torch.zeros(B, N, device="cuda")
+    s = Anderson(m=m, eps=0.3)
+    kw = dict(tol=1e-5, max_steps=300, check_every=5, stability="never")
+    eager = relax(F, z0, s, **kw)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="relax: CUDA-graph capture failed")
+        captured = relax(F, z0, s, capture=True, **kw)
+    assert torch.equal(eager.steps, captured.steps) and torch.equal(eager.nfe, captured.nfe)
+    assert torch.equal(eager.status, captured.status)
+    torch.testing.assert_close(eager.z, captured.z, rtol=0, atol=1e-6)
+    exact = -torch.linalg.solve(A, b.T).T  # float64 on the CPU
+    assert bool((captured.status == 0).all())
+    assert (captured.z.double().cpu() - exact).abs().max() < 1e-3 * exact.abs().max()
+
+
+@gpu
+def test_batched_solve_is_recorded_and_restores_the_backend_on_gpu():
+    from eqprop.solvers.base import batched_solve
+
+    g = torch.Generator().manual_seed(4)
+    A64 = torch.randn(64, 20, 20, generator=g, dtype=torch.float64) + 5 * torch.eye(20)
+    b64 = torch.randn(64, 20, 1, generator=g, dtype=torch.float64)
+    A, b = A64.float().cuda(), b64.float().cuda()
+    before = torch.backends.cuda.preferred_linalg_library()
+    x = torch.zeros_like(b)
+    batched_solve(A, b)  # warm-up outside the capture (handles, workspaces)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        x.copy_(batched_solve(A, b))
+    A.mul_(2.0)  # the replay reads the new A: x = (2A)⁻¹ b
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.backends.cuda.preferred_linalg_library() == before
+    exact = torch.linalg.solve(2 * A64, b64)
+    assert (x.double().cpu() - exact).abs().max() < 1e-4 * exact.abs().max()

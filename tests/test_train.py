@@ -13,7 +13,8 @@ from eqprop.diagnostics.tracking import StabilityTracking
 from eqprop.errors import CheckpointError, ConfigError
 from eqprop.models import ModelConfig
 from eqprop.regularizers import RegularizerConfig
-from eqprop.solvers import Euler, relax
+from eqprop.solvers import Anderson, CaptureFallback, Euler, relax
+from eqprop.solvers.loop import fall_back
 from eqprop.train import (
     EvalConfig,
     Hook,
@@ -173,6 +174,27 @@ def test_resume_continues_exactly(tmp_path, text_file):
     wa, wb = load_checkpoint(full.run_dir).weights, load_checkpoint(run_b).weights
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert resumed.val_ce == full.val_ce
+
+
+def test_a_failed_capture_is_an_event_and_a_line_on_stderr(tmp_path, text_file, capsys):
+    """A relaxation that falls back to eager runs (CUDA only, simulated here at step 3)
+    is logged where the user looks: a ``capture_failed`` event, a line on stderr."""
+    calls: list[int] = []
+
+    def fail_at_3(field, z_star, sol):
+        calls.append(1)
+        if len(calls) == 3:
+            with pytest.warns(CaptureFallback, match="Anderson on a state of shape"):
+                fall_back("Relaxation", Anderson(m=20), z_star, RuntimeError("MAGMA\nmore"))
+        return 0.0 * sum(p.sum() for p in field.model.parameters())
+
+    summary = train(tiny(text_file, tmp_path), penalty=fail_at_3)
+    records = read_metrics(summary.run_dir / "metrics.jsonl")
+    (event,) = [r for r in records if r.get("event") == "capture_failed"]
+    assert event["step"] == 3 and event["detail"].endswith(": MAGMA)")
+    assert event["detail"].startswith("Relaxation: CUDA-graph capture failed, running eagerly")
+    err = capsys.readouterr().err
+    assert f"capture_failed at step 3: {event['detail']}" in err
 
 
 def test_resume_of_a_finished_run_does_nothing_more(tmp_path, text_file):

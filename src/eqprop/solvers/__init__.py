@@ -17,14 +17,15 @@ from .controllers import (
 )
 from .euler import Euler
 from .implicit import IMEX, ImplicitConfig, ImplicitEuler, PTCConfig
+from .loop import CaptureFallback, capture_fallbacks
 from .newton_krylov import NewtonKrylov
 from .ode import ODE, ODEConfig, settling_time
 from .registry import SOLVERS, SolverConfig, build_solver
 from .status import Status, classify
 
 __all__ = ["CONTROLLERS", "IMEX", "ODE", "SER", "SOLVERS", "AdaptiveConfig", "AdaptiveEuler",
-           "Anderson", "Broyden", "Controller", "EMAOvershoot", "Euler", "HeunPI",
-           "ImplicitConfig", "ImplicitEuler", "Naive", "NewtonKrylov", "NoiseRelative",
+           "Anderson", "Broyden", "CaptureFallback", "Controller", "EMAOvershoot", "Euler",
+           "HeunPI", "ImplicitConfig", "ImplicitEuler", "Naive", "NewtonKrylov", "NoiseRelative",
            "ODEConfig", "Overshoot", "PTCConfig", "Solution", "Solver", "SolverConfig",
            "SolverSettings", "SolverState", "Status", "StepDoubling", "bcast", "build_solver",
-           "classify", "relax", "sample_norm", "settling_time"]
+           "capture_fallbacks", "classify", "relax", "sample_norm", "settling_time"]

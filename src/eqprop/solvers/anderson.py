@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ..fields import FieldFn
 from ..validate import integer, interval, positive
-from .base import Solver, SolverState, bcast, sample_norm
+from .base import Solver, SolverState, batched_solve, bcast, sample_norm
 
 __all__ = ["Anderson"]
 
@@ -139,7 +139,7 @@ class Anderson(Solver):
         H = torch.where(pair, G, torch.zeros((), dtype=G.dtype, device=G.device))
         H = H + eye * torch.where(valid, ridge[:, None], 1.0).to(H.dtype)[:, None, :]
         rhs = torch.where(valid, c, torch.zeros((), dtype=c.dtype, device=c.device))  # (B, m)
-        gamma = torch.linalg.solve_ex(H, rhs.unsqueeze(-1))[0].squeeze(-1)  # (B, m), no sync
+        gamma = batched_solve(H, rhs.unsqueeze(-1)).squeeze(-1)  # (B, m), no sync
         return torch.nan_to_num(gamma) * valid
 
     def _push(self, aux: dict[str, Tensor], ok: Tensor, r: Tensor, r_new: Tensor, dz: Tensor,

@@ -31,6 +31,26 @@ def bcast(s: Tensor, like: Tensor) -> Tensor:
     return s.reshape(s.shape + (1,) * (like.dim() - 1))
 
 
+def batched_solve(A: Tensor, b: Tensor) -> Tensor:
+    """``x`` with ``A x = b`` for small square systems ``A (B, m, m)``, ``b (B, m, k)``; no
+    host synchronisation (singular systems give non-finite ``x``, not an error).
+
+    On CUDA the LU runs in cuBLAS's batched routines for every ``m``: left to its
+    default, PyTorch sends batches of more than 16 matrices larger than 16 × 16 to
+    MAGMA, which fills pointer arrays on the host and cannot be recorded in a CUDA
+    graph (a relaxation with an Anderson history deeper than 16 then ran eagerly).
+    """
+    if not A.is_cuda:
+        return torch.linalg.solve_ex(A, b)[0]
+    backends = torch.backends.cuda
+    before = backends.preferred_linalg_library()
+    backends.preferred_linalg_library("cusolver")  # LU: cuBLAS batched for B > 1, m < 512
+    try:
+        return torch.linalg.solve_ex(A, b)[0]
+    finally:
+        backends.preferred_linalg_library(before)
+
+
 @dataclass
 class SolverState:
     """What a solver carries between steps; every tensor has the batch as first dim.

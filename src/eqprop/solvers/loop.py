@@ -20,7 +20,29 @@ from ..fields import FieldFn
 from .base import Solver, SolverState, sample_norm
 from .criterion import Tolerance
 
-__all__ = ["Loop", "advance", "copy_into", "run_loop", "start"]
+__all__ = ["CaptureFallback", "Loop", "advance", "capture_fallbacks", "copy_into", "fall_back",
+           "run_loop", "start"]
+
+_FALLBACKS: list[str] = []  # every capture failure of this process, oldest first
+
+
+class CaptureFallback(UserWarning):
+    """A relaxation that was to be recorded as a CUDA graph runs eagerly instead (several
+    times slower at the study size: every kernel is launched from the host)."""
+
+
+def fall_back(who: str, solver: Solver, z0: Tensor, error: Exception) -> None:
+    """Log and warn (:class:`CaptureFallback`) that ``who``'s capture failed."""
+    msg = (f"{who}: CUDA-graph capture failed, running eagerly ({type(solver).__name__} on a "
+           f"state of shape {tuple(z0.shape)}: {str(error).splitlines()[0]})")
+    _FALLBACKS.append(msg)
+    warnings.warn(msg, CaptureFallback, stacklevel=4)
+
+
+def capture_fallbacks() -> tuple[str, ...]:
+    """The messages of every capture failure in this process so far, oldest first (the
+    trainer logs new ones as ``capture_failed`` events)."""
+    return tuple(_FALLBACKS)
 
 
 @dataclass
@@ -183,8 +205,7 @@ def _run(F: FieldFn, z0: Tensor, solver: Solver, tol: Tolerance, max_steps: int,
                         graph = _Graph(F, solver, loop, n, tol, max_steps, scale, stream,
                                        max_nfe)
                     except RuntimeError as e:
-                        warnings.warn(f"relax: CUDA-graph capture failed, running eagerly "
-                                      f"({str(e).splitlines()[0]})", stacklevel=4)
+                        fall_back("relax", solver, z0, e)
                     stream = None
             t += n
     finally:

@@ -23,7 +23,6 @@ an optimizer that updates them in place (every torch optimizer) needs no re-capt
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +32,7 @@ from torch import Tensor
 from ..fields import Field, FieldFn
 from .base import Solution, Solver
 from .criterion import Tolerance
-from .loop import Loop, advance, copy_into, run_loop, start
+from .loop import Loop, advance, copy_into, fall_back, run_loop, start
 from .stability import KRYLOV_DIM, Krylov, arnoldi, check_mode, check_relaxation, checks, probe
 from .status import classify
 
@@ -190,9 +189,8 @@ class Relaxation:
         if r is None:
             try:
                 r = self._record(F, inputs, z0, scale)
-            except RuntimeError as e:  # an F that synchronises with the host
-                warnings.warn(f"Relaxation: CUDA-graph capture failed, running eagerly "
-                              f"({str(e).splitlines()[0]})", stacklevel=3)
+            except RuntimeError as e:  # an F or a kernel that needs the host
+                fall_back("Relaxation", self.solver, z0, e)
                 self._failed.add(key)  # not tried again for this shape
                 return self._once(F, z0, scale, trace, capture=False)
             self._graphs[key] = r

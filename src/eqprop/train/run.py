@@ -17,6 +17,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ..solvers.loop import capture_fallbacks
 from .config import TrainConfig
 from .hooks import Penalty, Tracker
 from .interrupt import StopSignals, TrainingInterrupted
@@ -45,6 +46,7 @@ def run_to_end(tr: Trainer) -> TrainSummary:
     bar = tr._bar = tqdm(total=steps, initial=tr.step, disable=not show,
                            dynamic_ncols=True, desc=tr.run_dir.name, file=sys.stderr)
     plotted, nonfinite_shown = -1, 0
+    fallbacks = len(capture_fallbacks())  # those of this run become capture_failed events
     try:
         with StopSignals() as stop:
             while tr.step < steps and tr.stop_reason is None:
@@ -60,6 +62,9 @@ def run_to_end(tr: Trainer) -> TrainSummary:
                 record["time"] = tr.elapsed
                 if do_eval or s % cfg.run.log_every == 0 or record.get("skipped"):
                     tr.metrics.append(record)
+                new = capture_fallbacks()[fallbacks:]
+                fallbacks += len(new)
+                tr.events += [{"step": s, "event": "capture_failed", "detail": m} for m in new]
                 events, tr.events = tr.events, []  # skips, the controllers' decisions
                 for event in events:
                     tr.metrics.append(event)
