@@ -198,6 +198,8 @@ def metric_figure(path: Path, runs: dict[str, list[dict]], key: str, xkey: str,
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    for ax in axes[0]:
+        ax.set_prop_cycle(color=plt.cm.tab20.colors)  # up to 20 runs, each its own colour
     drawn = 0
     for name, recs in runs.items():
         rs = [r for r in recs if "event" not in r and r.get(key) is not None]
@@ -292,6 +294,8 @@ def report(a: argparse.Namespace) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     panels = 5 if a.relaxation else 4
     fig, ax = plt.subplots(1, panels, figsize=(4.5 * panels, 4))
+    for axis in ax:
+        axis.set_prop_cycle(color=plt.cm.tab20.colors)  # up to 20 runs, each its own colour
     for name, recs in runs.items():
         steps = [r for r in recs if "event" not in r]
         x = [r["step"] for r in steps]
