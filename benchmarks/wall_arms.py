@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import signal
 import subprocess
@@ -227,11 +228,16 @@ def metric_figure(path: Path, runs: dict[str, list[dict]], key: str, xkey: str,
 
 def _lead(r: dict) -> float | None:
     """The leading Re μ a step measured: the free phase's stability check (every sample),
-    else the penalty's (``reg_lead_re``), else the controller's."""
+    else the penalty's (``reg_lead_re``), else the controller's; None where none measured
+    one (a solver that follows the flow is not checked: NaN in the log)."""
     for key in ("lead_re", "reg_lead_re", "stab_re"):
-        if r.get(key) is not None:
+        if r.get(key) is not None and math.isfinite(r[key]):
             return r[key]
     return None
+
+
+def _signed(x: float) -> str:
+    return "—" if math.isnan(x) else f"{x:+.3f}"
 
 
 def num(x: float | None) -> float:
@@ -329,7 +335,7 @@ def report(a: argparse.Namespace) -> None:
         lines.append(f"| {r['arm']} | {r['steps']} | {r['train_ce']:.3f} | "
                      f"{r['val_ce_ref']:.3f} ({r['val_step']}) | {r['min_conv']:.0%} | "
                      f"{r['first_below_99']} | {r['first_below_50']} ({r['ce_at_wall']:.2f}) | "
-                     f"{r['max_re']:+.3f} | {r['skipped']} | "
+                     f"{_signed(r['max_re'])} | {r['skipped']} | "
                      f"{r['weight']:.3g} | {r['kicks']} |"
                      + (f" {r['free_nfe']:.0f} | {_pct(r['nudged_conv'])} |" if a.relaxation
                         else ""))
