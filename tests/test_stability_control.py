@@ -288,3 +288,35 @@ def test_recipe_resumes_exactly_and_checkpoints_its_state(tmp_path, text_file):
     # the trainer applies each decision at the next step
     steps = [r for r in a if "event" not in r]
     assert [r["reg_weight"] for r in steps[1:]] == [r["stab_weight_next"] for r in steps[:-1]]
+
+
+def test_a_run_with_a_moving_average_loads_and_evaluates_with_it(tmp_path, text_file, capsys):
+    """load_run and ``eqprop eval`` use the average that the run's own validation used
+    (its CE reproduced), ``--raw`` the raw parameters (its raw CE reproduced)."""
+    import json
+
+    from eqprop.cli.main import main
+    from eqprop.train import load_run
+
+    cfg = tiny(text_file, tmp_path, eval_every=6)
+    summary = train(replace(cfg, optim=replace(cfg.optim, ema_decay=0.5)))
+    ck = load_checkpoint(summary.run_dir)
+    shadow, raw = ck.state["extra"]["ema"]["shadow"], ck.weights
+    avg = load_run(summary.run_dir)
+    assert avg.averaged
+    for p, s in zip(avg.model.parameters(), shadow, strict=True):
+        assert torch.equal(p.detach(), s)
+    plain = load_run(summary.run_dir, average=False)
+    assert not plain.averaged
+    assert all(torch.equal(t, raw[k]) for k, t in plain.model.state_dict().items())
+    assert any(not torch.equal(p.detach(), s) for p, s in zip(plain.model.parameters(), shadow))
+    last = [r for r in read_metrics(summary.run_dir / "metrics.jsonl") if "val_ce" in r][-1]
+    args = ["eval", str(summary.run_dir), "--json", "--seed", str(cfg.run.seed)]
+    assert main(args) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["averaged"] and got["eval_ce"] == pytest.approx(last["val_ce"], abs=1e-6)
+    assert main([*args, "--raw"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert not got["averaged"] and got["eval_ce"] == pytest.approx(last["val_raw_ce"], abs=1e-6)
+    assert main(["eval", str(summary.run_dir)]) == 0
+    assert "the parameters' moving average (decay 0.5" in capsys.readouterr().out

@@ -13,7 +13,7 @@ from eqprop.diagnostics.tracking import StabilityTracking
 from eqprop.errors import CheckpointError, ConfigError
 from eqprop.models import ModelConfig
 from eqprop.regularizers import RegularizerConfig
-from eqprop.solvers import Anderson, CaptureFallback, Euler, relax
+from eqprop.solvers import Anderson, CaptureFallback, Euler, SolverConfig, relax
 from eqprop.solvers.loop import fall_back
 from eqprop.train import (
     EvalConfig,
@@ -403,3 +403,26 @@ def test_config_regularizer_and_tracking_are_logged_and_resume_exactly(tmp_path,
     a = read_metrics(full.run_dir / "metrics.jsonl")
     b = read_metrics(run_b / "metrics.jsonl")
     assert without_clock(a) == without_clock(b)
+
+
+def test_the_default_reference_solve_finds_the_equilibrium_where_euler_cycles():
+    """Validation's reference on a stiff rotating field with no leak beyond A (a pair
+    μ = -0.05 ± 3i: ε_crit = 0.011, so Euler at 0.2 is unstable) started near the fixed
+    point: the default (Anderson m 20) reaches -A⁻¹b to 1e-6 and says it is stable; the
+    previous default, Euler ε 0.2, does not converge."""
+    from eqprop.solvers.registry import build_relaxation
+    from eqprop.train.config import EvalConfig
+    from tests.test_anderson_history import Affine, planted
+
+    A = planted([complex(-0.05, 3.0), complex(-0.4, 0.7), -1.0, -0.3, -2.0, -0.6])
+    b = torch.randn(4, 8, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    F = Affine(A, b)
+    exact = F.solution()  # (4, 2, 4)
+    z0 = exact + 1e-2 * torch.randn(exact.shape, generator=torch.Generator().manual_seed(6),
+                                    dtype=torch.float64)
+    ref = build_relaxation(EvalConfig().reference, capture=False).run(F, z0)
+    assert bool((ref.status == 0).all()) and bool(ref.stable.all())
+    assert float((ref.z - exact).abs().max()) < 1e-5 * float(exact.abs().max())
+    euler = build_relaxation(SolverConfig(euler=Euler(eps=0.2), tol=1e-6, max_steps=1000),
+                             capture=False).run(F, z0)
+    assert not bool((euler.status == 0).any())

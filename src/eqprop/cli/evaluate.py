@@ -50,6 +50,9 @@ class Args:
     """the training text file, when it is no longer where the run's data.path says."""
     allow_changed_data: bool = False
     """evaluate on a text file whose SHA-256 differs from the one the run was trained on."""
+    raw: bool = False
+    """the raw parameters, not their moving average (a run trained with optim.ema_decay
+    is evaluated with the average by default, as its validation was)."""
 
 
 def _counts(c: dict[str, int]) -> str:
@@ -61,7 +64,7 @@ def run(args: Args) -> int:
     check_device(args.device, "--device")
     check_seed(args.seed, "--seed")
     device = resolve_device(args.device)
-    loaded = load_run(args.run, device=device)
+    loaded = load_run(args.run, device=device, average=not args.raw)
     cfg = loaded.config
     if loaded.config.run.threads:  # as in training: small models run best on one
         torch.set_num_threads(loaded.config.run.threads)
@@ -79,13 +82,15 @@ def run(args: Args) -> int:
         m = evaluate(loaded.model, corpus, cfg.solver, ev, seed=args.seed, split=args.split,
                      device=device, prefix="eval")
     m = {"run": str(loaded.run_dir), "step": loaded.step, "split": args.split,
-         "unigram_entropy": corpus.unigram_entropy(), **m}
+         "averaged": loaded.averaged, "unigram_entropy": corpus.unigram_entropy(), **m}
     if args.json:
         print(json.dumps(m))
         return 0
     s, r = cfg.solver, ev.reference
     n = ev.batches * ev.batch_size
-    head = [f"run         {loaded.run_dir} (step {loaded.step})",
+    weights = (f"the parameters' moving average (decay {cfg.optim.ema_decay:g}; --raw: the "
+               "raw ones)" if loaded.averaged else "the raw parameters")
+    head = [f"run         {loaded.run_dir} (step {loaded.step}), {weights}",
             f"data        {corpus.source}, {args.split} split, {ev.batches} batches x "
             f"{ev.batch_size} sequences of {cfg.model.seq_len} characters"]
     if forward:

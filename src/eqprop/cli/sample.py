@@ -40,6 +40,9 @@ class Args:
     """start each relaxation from the previous equilibrium (--no-warm-start: from the drive)."""
     device: str = "auto"
     """auto, cpu, cuda or cuda:N."""
+    raw: bool = False
+    """the raw parameters, not their moving average (a run trained with optim.ema_decay
+    samples with the average by default, as its own sample did)."""
 
 
 def run(args: Args) -> int:
@@ -52,7 +55,7 @@ def run(args: Args) -> int:
         raise ConfigError(f"--top-k={args.top_k}: must be a positive integer")
     check_device(args.device, "--device")
     check_seed(args.seed, "--seed")
-    loaded = load_run(args.run, device=resolve_device(args.device))
+    loaded = load_run(args.run, device=resolve_device(args.device), average=not args.raw)
     s = loaded.config.solver
     if loaded.config.run.threads:  # as in training: small models run best on one
         torch.set_num_threads(loaded.config.run.threads)

@@ -50,6 +50,8 @@ class LoadedRun:
         run_dir: the run directory.
         data_sha256: SHA-256 of the training text file (None for the embedded corpus or
             a checkpoint written before it was recorded).
+        averaged: the model holds the parameters' moving average (``optim.ema_decay``),
+            as training's validation and sample did; False: the raw parameters.
     """
 
     model: EquilibriumLM
@@ -58,6 +60,7 @@ class LoadedRun:
     step: int
     run_dir: Path
     data_sha256: str | None = None
+    averaged: bool = False
 
     def generate(self, prompt: str, tokens: int, *, temperature: float = 0.8,
                  top_k: int | None = None, seed: int = 0,
@@ -137,12 +140,15 @@ def resume_config(path: str | Path) -> TrainConfig:
                               f"cannot be used ({e})") from None
 
 
-def load_run(path: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
+def load_run(path: str | Path, device: str | torch.device = "cpu", *,
+             average: bool = True) -> LoadedRun:
     """Load a trained run for evaluation or sampling.
 
     Args:
         path: the run directory (or its ``checkpoints`` folder).
         device: where to put the model.
+        average: a run trained with a moving average of its parameters is loaded with
+            the average (what its validation measured); False: the raw parameters.
 
     Returns:
         A :class:`LoadedRun` with the model in eval mode.
@@ -154,6 +160,24 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
     ck = load_checkpoint(path)
     config, vocab = _config_and_vocab(ck)
     model = model_from_checkpoint(ck, config).to(device).eval()
-    sha = ck.state.get("extra", {}).get("data_sha256")
+    extra = ck.state.get("extra", {})
+    ema = extra.get("ema") if average else None
+    if ema is not None:
+        _load_average(model, ema, ck.run_dir)
+    sha = extra.get("data_sha256")
     return LoadedRun(model=model, config=config, vocab=vocab, step=ck.step, run_dir=ck.run_dir,
-                     data_sha256=sha if isinstance(sha, str) else None)
+                     data_sha256=sha if isinstance(sha, str) else None,
+                     averaged=ema is not None)
+
+
+def _load_average(model: torch.nn.Module, ema: dict, run_dir: Path) -> None:
+    """Put the checkpoint's moving average (``EMA.state_dict``) into ``model``."""
+    params, shadow = list(model.parameters()), ema.get("shadow")
+    if not isinstance(shadow, list) or len(shadow) != len(params) or any(
+            not isinstance(t, torch.Tensor) or t.shape != p.shape
+            for t, p in zip(shadow, params)):
+        raise CheckpointError(f"checkpoint of {str(run_dir)!r} holds a moving average that "
+                              "does not fit the model: load it with average=False (--raw)")
+    with torch.no_grad():
+        for p, t in zip(params, shadow, strict=True):
+            p.copy_(t.to(p.device, p.dtype))
