@@ -1,7 +1,7 @@
 """Wall time of one Anderson step: the cat-based history it replaced vs the in-place ring buffer.
 
     python benchmarks/anderson_history.py [--m 5 10 20] [--batch 64] [--dim 16384]
-        [--device cuda] [--dtype float32] [--repeats 20] [--warmup 5]
+        [--device cuda] [--dtype float32] [--repeats 20] [--warmup 5] [--graph]
 
 Times what the relaxation loop does per step, ``state.where(go, solver.step(F, state))``
 (``advance`` in solvers/loop.py), with a cheap elementwise field (a rotating linear field,
@@ -134,6 +134,30 @@ def time_solver(solver: Anderson, F, z0: Tensor, go: Tensor, device: str, repeat
     return timed(one, device, repeats, warmup)
 
 
+def time_graph(solver: Anderson, F, z0: Tensor, go: Tensor, device: str, repeats: int,
+               warmup: int, k: int = 8) -> float:
+    """As :func:`time_solver`, with ``k`` loop steps recorded as one CUDA graph and replayed
+    (what a relaxation does): the launches cost nothing, the kernels' work remains."""
+    box = [solver.init(F, z0)]
+
+    def one() -> None:
+        box[0] = box[0].where(go, solver.step(F, box[0]))
+
+    for _ in range(solver.m):
+        one()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up off the capture (lazy initialisations)
+        for _ in range(3):
+            one()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(k):
+            one()
+    return timed(graph.replay, device, repeats, warmup) / k
+
+
 def device_name(device: str) -> str:
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(torch.device(device))
@@ -149,7 +173,11 @@ def main() -> None:
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--repeats", type=int, default=20, help="timed steps (median)")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps before timing")
+    p.add_argument("--graph", action="store_true",
+                   help="also time the steps replayed as a CUDA graph (CUDA only)")
     args = p.parse_args()
+    if args.graph and not args.device.startswith("cuda"):
+        p.error(f"--graph needs a CUDA --device, not {args.device!r}")
     dtype, dev = getattr(torch, args.dtype), args.device
     B, N = args.batch, args.dim
     F = Rotating(B, N, dtype, dev)
@@ -165,15 +193,21 @@ def main() -> None:
             t_old = time_solver(OldAnderson(m=m), F, z0, go, dev, args.repeats, args.warmup)
             t_new = time_solver(Anderson(m=m), F, z0, go, dev, args.repeats, args.warmup)
             mb = hist.numel() * hist.element_size() / 1e6
-            rows.append(f"| {m} | {mb:.0f} | {t_f:.2f} | {t_old:.2f} | {t_new:.2f} | "
-                        f"{t_old / t_new:.1f}× | {t_old / t_read:.1f} | {t_new / t_read:.1f} |")
+            row = (f"| {m} | {mb:.0f} | {t_f:.2f} | {t_old:.2f} | {t_new:.2f} | "
+                   f"{t_old / t_new:.1f}× | {t_old / t_read:.1f} | {t_new / t_read:.1f} |")
+            if args.graph:
+                g_old = time_graph(OldAnderson(m=m), F, z0, go, dev, args.repeats, args.warmup)
+                g_new = time_graph(Anderson(m=m), F, z0, go, dev, args.repeats, args.warmup)
+                row += f" {g_old:.3f} | {g_new:.3f} | {g_old / g_new:.1f}× |"
+            rows.append(row)
             del hist, dst
     print(f"Anderson step + SolverState.where, B {B}, N {N}, {args.dtype}, on {device_name(dev)}, "
           f"torch {torch.__version__}")
     print(f"command: `python {' '.join(shlex.quote(a) for a in sys.argv)}`\n")
+    graph = " old, graph (ms) | new, graph (ms) | speed-up, graph |" if args.graph else ""
     print("| m | one history (MB) | F (ms) | old (ms) | new (ms) | speed-up | old passes "
-          "| new passes |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| new passes |" + graph)
+    print("|---|---|---|---|---|---|---|---|" + "---|" * (3 if args.graph else 0))
     print("\n".join(rows))
 
 

@@ -9,11 +9,10 @@ Euler, and does AsymEP's gradient stay close to IFT's with them (``grad_cosine``
 ``arms [--check]``: the catalogue (``--check`` parses every arm by ``eqprop train``'s own
 path). ``run``: one ``eqprop train`` process (``wall_arms.py``) per (arm, seed) in
 ``DIR/<arm>_s<seed>``; ``run`` again continues every unfinished arm from its checkpoint
-(``--steps`` may grow). ``--size tiny``: a CPU smoke size. On one H200 (``PYTHONPATH=src``,
-a command ≤ 10 min, 30 min of device time a session, the machine warm 30 s after a
-command): one command per group G (timeout_s 600: SIGINT at 480 s, each run checkpoints,
-a straggler is killed 45 s later); back in $OUT every arm's metrics and the group's newest
-checkpoints (~3 MB an arm; ≤ 8 files of ≤ 16 MiB come back)::
+(``--steps`` may grow). ``--size tiny``: a CPU smoke size. On one H200 (a command ≤ 10 min,
+the machine warm 30 s after it): one command per group G (SIGINT at 480 s, each run
+checkpoints, a straggler killed 45 s later); back in $OUT the metrics and the newest
+checkpoints (~3.8 MB an arm; ≤ 8 files of ≤ 16 MiB come back)::
 
     G=euler_e0.1,euler_e0.05,euler_e0.02,adaptive,ift      # 1st; then the two below
     python benchmarks/study.py run --out-dir runs/study --arms $G --seeds 0 --time-limit 480
@@ -22,12 +21,13 @@ checkpoints (~3 MB an arm; ≤ 8 files of ≤ 16 MiB come back)::
     # G=jacreg,jacreg_adaptive,damping,stability,stability_eps
     # G=anderson,implicit,ptc,imex,newton,abscissa
 
-The same commands again continue the runs: on the warm machine as they are, on a fresh one
-once the tarballs are unpacked here into ``runs/study`` (git-ignored) and it is named in
-``carry`` (16 arms ≈ 50 MB, with the 9 MB tree below 64 MiB). 5000 steps at 0.2–5 s a step
-with five processes on the GPU take many sessions; seeds 1, 2 after seed 0. Then ``report
-runs/study --out runs/study/report.md`` and ``probe runs/study --arms a,b`` (dopri5 on 8
-samples on the GPU, ~10–60 s an arm: a few arms a command).
+The same commands continue the runs, on a fresh machine once the tarballs are unpacked
+into ``runs/study`` (git-ignored) and it is named in ``carry``. Measured in the first pass
+(benchmarks/results/study_h200, eight and seven processes side by side): median seconds a
+step 0.9 (stability), 1.1–1.7 (ift, anderson, ptc, adaptive), 2–3 (euler_e0.1, jacreg,
+damping), 4.4 / 9.8 (euler_e0.05 / 0.02: the same flow time), 5–7.5 (implicit, imex: a
+host check every step), 76 (newton): the slow arms want a command of their own. Then
+``report`` and ``probe`` (dopri5 on 8 samples: seconds an arm, minutes past a wall).
 """
 
 from __future__ import annotations
@@ -325,7 +325,7 @@ def probe_row(run_dir: Path, samples: int, device: str, max_nfe: int) -> str:
     from eqprop.solvers.ode import ODE, settling_time
     from eqprop.train import load_run
 
-    run = load_run(run_dir, device=device)
+    run = load_run(run_dir, device=device, average=False)  # the field training relaxes
     cfg = run.config
     corpus = load_corpus(cfg.data, seq_len=cfg.model.seq_len, vocab=run.vocab)
     tokens, targets = corpus.get_batch("train", samples, cfg.model.seq_len,

@@ -90,7 +90,7 @@ def _boolean(value: str) -> bool:
 
 def probe(run_dir: str, device: str, grid: list[tuple[str, object]] | None = None,
           budget: int = 300, reference: bool = True) -> list[str]:
-    run = load_run(run_dir, device=device)
+    run = load_run(run_dir, device=device, average=False)  # the field training relaxes
     cfg = run.config
     corpus = load_corpus(cfg.data, seq_len=cfg.model.seq_len, vocab=run.vocab)
     gen = torch.Generator().manual_seed(0)

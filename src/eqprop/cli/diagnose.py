@@ -85,7 +85,7 @@ def run(args: Args) -> int:
     from ..diagnostics.report import diagnose
     from ..train.loaded import load_run
 
-    loaded = load_run(args.run)
+    loaded = load_run(args.run, average=False)  # the field training relaxes, not the EMA
     cfg = loaded.config
     if cfg.model.block == "standard":
         raise ConfigError(f"run {str(loaded.run_dir)!r} is the feed-forward baseline "
