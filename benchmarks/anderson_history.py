@@ -20,16 +20,18 @@ from __future__ import annotations
 import argparse
 import platform
 import shlex
-import statistics
 import sys
-import time
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from eqprop.solvers import Anderson
 from eqprop.solvers.base import Solver, SolverState, bcast, sample_norm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is no package
+from study_step import median_ms  # noqa: E402
 
 
 class OldAnderson(Anderson):
@@ -102,25 +104,6 @@ class Rotating:
         return out.flatten(1) + self.c
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def timed(fn, device: str, repeats: int, warmup: int) -> float:
-    """Median wall time of ``fn()`` in milliseconds (synchronised on CUDA)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
-
-
 def time_solver(solver: Anderson, F, z0: Tensor, go: Tensor, device: str, repeats: int,
                 warmup: int) -> float:
     """Median time of one loop step (step + ``SolverState.where``) with a full history."""
@@ -131,7 +114,7 @@ def time_solver(solver: Anderson, F, z0: Tensor, go: Tensor, device: str, repeat
 
     for _ in range(solver.m):  # fill the history (steady state: count = m)
         one()
-    return timed(one, device, repeats, warmup)
+    return median_ms(one, device, repeats, warmup)
 
 
 def time_graph(solver: Anderson, F, z0: Tensor, go: Tensor, device: str, repeats: int,
@@ -155,7 +138,7 @@ def time_graph(solver: Anderson, F, z0: Tensor, go: Tensor, device: str, repeats
     with torch.cuda.graph(graph):
         for _ in range(k):
             one()
-    return timed(graph.replay, device, repeats, warmup) / k
+    return median_ms(graph.replay, device, repeats, warmup) / k
 
 
 def device_name(device: str) -> str:
@@ -185,11 +168,12 @@ def main() -> None:
     go = torch.ones(B, dtype=torch.bool, device=dev)
     rows = []
     with torch.no_grad():
-        t_f = timed(lambda: F(z0), dev, args.repeats, args.warmup)
+        t_f = median_ms(lambda: F(z0), dev, args.repeats, args.warmup)
         for m in args.m:
             hist = torch.randn(B, m, N, dtype=dtype, device=dev)
             dst = torch.empty_like(hist)  # preallocated: a copy is one read and one write
-            t_read = 0.5 * timed(lambda h=hist, d=dst: d.copy_(h), dev, args.repeats, args.warmup)
+            t_read = 0.5 * median_ms(lambda h=hist, d=dst: d.copy_(h), dev, args.repeats,
+                                     args.warmup)
             t_old = time_solver(OldAnderson(m=m), F, z0, go, dev, args.repeats, args.warmup)
             t_new = time_solver(Anderson(m=m), F, z0, go, dev, args.repeats, args.warmup)
             mb = hist.numel() * hist.element_size() / 1e6

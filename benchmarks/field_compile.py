@@ -17,20 +17,16 @@ cost. A CUDA device is needed for the graph rows; on CPU they are left out.
 from __future__ import annotations
 
 import argparse
-import statistics
+import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from eqprop.train.configio import config_from_dict, load_config_file
 from eqprop.train.trainer import Trainer
 
-
-def _sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is no package
+from study_step import bench_config, median_ms, sync  # noqa: E402
 
 
 def _kernels(fn, z: torch.Tensor) -> int | None:
@@ -42,20 +38,8 @@ def _kernels(fn, z: torch.Tensor) -> int | None:
         return None
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         fn(z)
-        _sync(z.device)
+        sync(z.device)
     return sum(e.count for e in prof.key_averages() if e.device_type == DeviceType.CUDA)
-
-
-def _time(run, dev: torch.device, repeats: int) -> float:
-    """Median wall ms of ``run()``."""
-    out = []
-    for _ in range(repeats):
-        _sync(dev)
-        t0 = time.perf_counter()
-        run()
-        _sync(dev)
-        out.append(1e3 * (time.perf_counter() - t0))
-    return statistics.median(out)
 
 
 def measure(force, z0: torch.Tensor, eps: float, steps: int, repeats: int,
@@ -75,7 +59,7 @@ def measure(force, z0: torch.Tensor, eps: float, steps: int, repeats: int,
             z.copy_(z0)
             loop()
         if not graph:
-            return _time(loop, dev, repeats) / steps
+            return median_ms(loop, dev, repeats) / steps
         s = torch.cuda.Stream()
         s.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(s):
@@ -84,7 +68,7 @@ def measure(force, z0: torch.Tensor, eps: float, steps: int, repeats: int,
         g = torch.cuda.CUDAGraph()
         with torch.cuda.graph(g):
             loop()
-        return _time(g.replay, dev, repeats) / steps
+        return median_ms(g.replay, dev, repeats) / steps
 
 
 def main() -> None:
@@ -102,11 +86,8 @@ def main() -> None:
     for name in ("steps", "repeats"):
         if getattr(a, name) < 1:
             p.error(f"--{name} {getattr(a, name)}: must be ≥ 1")
-    cfg = config_from_dict(load_config_file(a.config))
     out = Path(a.out)
-    cfg = replace(cfg, run=replace(cfg.run, out_dir=str(out.parent / "runs"), name=None,
-                                   progress=False, device=a.device, sample_tokens=0),
-                  eval=replace(cfg.eval, every=0), tracking=replace(cfg.tracking, every=0))
+    cfg = bench_config(a.config, out, a.device)
     tr = Trainer(cfg)
     dev, model = tr.device, tr.model
     B, T = cfg.data.batch_size, cfg.model.seq_len
@@ -123,7 +104,7 @@ def main() -> None:
     compiled = torch.compile(eager, mode=a.mode, dynamic=False)
     with torch.no_grad():
         ref, got = eager(z0), compiled(z0)
-        _sync(dev)
+        sync(dev)
     compile_s = time.perf_counter() - t0
     err = ((got - ref).abs().max() / ref.abs().max()).item()
     with torch.no_grad():

@@ -33,9 +33,34 @@ KINDS = ("asymep", "ift", "bptt", "standard", "asymep-eager", "asymep-unchecked"
          "ift-anderson")
 
 
-def _sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
+def sync(dev: torch.device | str) -> None:
+    """Wait for the device (a no-op on the CPU)."""
+    if torch.device(dev).type == "cuda":
         torch.cuda.synchronize()
+
+
+def median_ms(fn, dev: torch.device | str, repeats: int, warmup: int = 0) -> float:
+    """Median wall time of ``fn()`` in milliseconds over ``repeats`` calls after ``warmup``
+    untimed ones, the device synchronised around each."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        sync(dev)
+        t0 = time.perf_counter()
+        fn()
+        sync(dev)
+        times.append(1e3 * (time.perf_counter() - t0))
+    return statistics.median(times)
+
+
+def bench_config(path: str, out: Path, device: str):
+    """The config file at ``path`` for a benchmark: its runs under ``out``'s folder, on
+    ``device``, no progress bar, sample, validation or tracking."""
+    cfg = config_from_dict(load_config_file(path))
+    return replace(cfg, run=replace(cfg.run, out_dir=str(out.parent / "runs"), name=None,
+                                    progress=False, device=device, sample_tokens=0),
+                   eval=replace(cfg.eval, every=0), tracking=replace(cfg.tracking, every=0))
 
 
 def _kernel_ms(step, dev: torch.device) -> float:
@@ -46,7 +71,7 @@ def _kernel_ms(step, dev: torch.device) -> float:
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
     with profile(activities=acts) as prof:
         step()
-        _sync(dev)
+        sync(dev)
     kind = DeviceType.CUDA if dev.type == "cuda" else DeviceType.CPU
     return sum(e.self_device_time_total if kind == DeviceType.CUDA else e.self_cpu_time_total
                for e in prof.key_averages() if e.device_type == kind) / 1e3
@@ -66,16 +91,16 @@ def _off_path(tr: Trainer, batch) -> dict[str, float]:
     dev = tr.device
     out = {}
     for name, fn in (("validate", tr.validate), ("checkpoint", tr.checkpoint)):
-        _sync(dev)
+        sync(dev)
         t0 = time.perf_counter()
         fn()
-        _sync(dev)
+        sync(dev)
         out[name] = time.perf_counter() - t0
     field = tr.model.field(*batch)
     z = tr.free_relaxation().run(field, field.initial_state()).z
     t0 = time.perf_counter()
     tr.cfg.tracking.measure(tr.model, field, z)
-    _sync(dev)
+    sync(dev)
     out["tracking"] = time.perf_counter() - t0
     return out
 
@@ -112,10 +137,10 @@ def bench(cfg, kind: str, warmup: int, repeats: int) -> dict:
         step = tr.train_step
     times, recs = [], []
     for i, (tokens, targets) in enumerate(batches):
-        _sync(dev)
+        sync(dev)
         t0 = time.perf_counter()
         rec = step(tokens, targets)
-        _sync(dev)
+        sync(dev)
         if i >= warmup:
             times.append(1e3 * (time.perf_counter() - t0))
             recs.append(rec)
@@ -150,11 +175,8 @@ def main() -> None:
     kinds = a.kinds.split(",")
     if bad := [k for k in kinds if k not in KINDS]:
         p.error(f"--kinds {','.join(bad)}: allowed values are {','.join(KINDS)}")
-    cfg = config_from_dict(load_config_file(a.config))
     out = Path(a.out)
-    cfg = replace(cfg, run=replace(cfg.run, out_dir=str(out.parent / "runs"), name=None,
-                                   progress=False, device=a.device, sample_tokens=0),
-                  eval=replace(cfg.eval, every=0), tracking=replace(cfg.tracking, every=0))
+    cfg = bench_config(a.config, out, a.device)
     rows = [bench(cfg, k, a.warmup, a.repeats) for k in kinds]
     dev = torch.cuda.get_device_name() if torch.cuda.is_available() and a.device != "cpu" \
         else "CPU"

@@ -309,7 +309,8 @@ def test_a_run_with_a_moving_average_loads_and_evaluates_with_it(tmp_path, text_
     plain = load_run(summary.run_dir, average=False)
     assert not plain.averaged
     assert all(torch.equal(t, raw[k]) for k, t in plain.model.state_dict().items())
-    assert any(not torch.equal(p.detach(), s) for p, s in zip(plain.model.parameters(), shadow))
+    assert any(not torch.equal(p.detach(), s)
+               for p, s in zip(plain.model.parameters(), shadow, strict=True))
     last = [r for r in read_metrics(summary.run_dir / "metrics.jsonl") if "val_ce" in r][-1]
     args = ["eval", str(summary.run_dir), "--json", "--seed", str(cfg.run.seed)]
     assert main(args) == 0

@@ -175,7 +175,7 @@ def _load_average(model: torch.nn.Module, ema: dict, run_dir: Path) -> None:
     params, shadow = list(model.parameters()), ema.get("shadow")
     if not isinstance(shadow, list) or len(shadow) != len(params) or any(
             not isinstance(t, torch.Tensor) or t.shape != p.shape
-            for t, p in zip(shadow, params)):
+            for t, p in zip(shadow, params, strict=True)):
         raise CheckpointError(f"checkpoint of {str(run_dir)!r} holds a moving average that "
                               "does not fit the model: load it with average=False (--raw)")
     with torch.no_grad():
