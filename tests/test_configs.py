@@ -30,4 +30,4 @@ def test_abscissa_recipe_is_the_study_size_with_the_hinge_and_a_deep_anderson_hi
     assert (r.name, r.weight, r.margin, r.samples) == ("abscissa", 100.0, 0.5, 16)
     for phase in (cfg.solver, cfg.estimator.nudge):
         assert (phase.anderson.eps, phase.anderson.m) == (0.25, 20)
-    assert (cfg.solver.max_steps, cfg.estimator.nudge.max_steps) == (300, 150)
+    assert (cfg.solver.max_steps, cfg.estimator.nudge.max_steps) == (1000, 150)
