@@ -21,9 +21,8 @@ checkpoints (~3.8 MB an arm; ≤ 8 files of ≤ 16 MiB come back)::
     # G=jacreg,jacreg_adaptive,damping,stability,stability_eps
     # G=anderson,implicit,ptc,imex,newton,abscissa
 
-The same commands continue the runs, on a fresh machine once the tarballs are unpacked
-into ``runs/study`` (git-ignored) and it is named in ``carry``. Measured in the first pass
-(benchmarks/results/study_h200, eight and seven processes side by side): median seconds a
+The same commands continue the runs (on a fresh machine: unpack into ``runs/study``, carry
+it). Measured in the first pass (results/study_h200, 8 and 7 processes): median seconds a
 step 0.9 (stability), 1.1–1.7 (ift, anderson, ptc, adaptive), 2–3 (euler_e0.1, jacreg,
 damping), 4.4 / 9.8 (euler_e0.05 / 0.02: the same flow time), 5–7.5 (implicit, imex: a
 host check every step), 76 (newton): the slow arms want a command of their own. Then
