@@ -236,6 +236,23 @@ def _lead(r: dict) -> float | None:
     return None
 
 
+def _val(r: dict) -> str:
+    """``1.984 / 2.225 (500)``: the last validation at the training solver's z* and after
+    the reference solve, and its step; "—" where the run was never validated."""
+    if r["val_step"] is None:
+        return "—"
+    return f"{r['val_ce']:.3f} / {r['val_ce_ref']:.3f} ({r['val_step']})"
+
+
+def _or_dash(step: int | None) -> str:
+    return "—" if step is None else str(step)
+
+
+def _wall(r: dict) -> str:
+    """``450 (2.05)``: the first step below 50 % converged and the train CE there."""
+    return "—" if r["first_below_50"] is None else f"{r['first_below_50']} ({r['ce_at_wall']:.2f})"
+
+
 def _signed(x: float) -> str:
     return "—" if math.isnan(x) else f"{x:+.3f}"
 
@@ -257,6 +274,7 @@ def summarize_arm(name: str, recs: list[dict], n_tail: int = 50) -> dict:
     tail = [r["train_ce"] for r in steps[-n_tail:] if r.get("train_ce") is not None]
     return {"arm": name, "steps": steps[-1]["step"] if steps else 0,
             "train_ce": sum(tail) / len(tail) if tail else float("nan"),
+            "val_ce": num(vals[-1].get("val_ce")) if vals else float("nan"),
             "val_ce_ref": vals[-1]["val_ce_ref"] if vals else float("nan"),
             "val_step": vals[-1]["step"] if vals else None,
             "min_conv": min((f for _, f in conv), default=float("nan")),
@@ -325,7 +343,8 @@ def report(a: argparse.Namespace) -> None:
     fig.tight_layout()
     png = out.with_suffix(".png") if out.suffix == ".md" else out.parent / "arms.png"
     fig.savefig(png, dpi=110)
-    lines = [f"| arm | steps | train CE (last {a.tail} logged) | val CE ref (step) | "
+    lines = [f"| arm | steps | train CE (last {a.tail} logged) | val CE at z* / after the "
+             "reference (step) | "
              "min converged | first < 99 % | first < 50 % (train CE there) | max Re μ | "
              "skipped | weight at end | "
              "kicks |" + (f" free NFE (last {a.tail}) | nudged converged (last {a.tail}) |"
@@ -333,8 +352,8 @@ def report(a: argparse.Namespace) -> None:
              "|---" * (13 if a.relaxation else 11) + "|"]
     for r in rows:
         lines.append(f"| {r['arm']} | {r['steps']} | {r['train_ce']:.3f} | "
-                     f"{r['val_ce_ref']:.3f} ({r['val_step']}) | {r['min_conv']:.0%} | "
-                     f"{r['first_below_99']} | {r['first_below_50']} ({r['ce_at_wall']:.2f}) | "
+                     f"{_val(r)} | {r['min_conv']:.0%} | "
+                     f"{_or_dash(r['first_below_99'])} | {_wall(r)} | "
                      f"{_signed(r['max_re'])} | {r['skipped']} | "
                      f"{r['weight']:.3g} | {r['kicks']} |"
                      + (f" {r['free_nfe']:.0f} | {_pct(r['nudged_conv'])} |" if a.relaxation

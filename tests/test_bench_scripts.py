@@ -32,6 +32,7 @@ def test_wall_arms_report_reads_the_wall_and_the_relaxation_tail(tmp_path):
     recs = [_record(s, 3.0 - 0.1 * s, c, n, u) for s, c, n, u in
             ((1, 4, 10, 8), (2, 4, 20, 8), (3, 1, 30, 6), (4, 3, 40, 4))]
     recs.insert(3, {"event": "rejected", "step": 3})
+    recs[-1].update(val_ce=2.5, val_ce_ref=2.75)  # validated at step 4
     path = tmp_path / "arm.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in recs) + "\n{torn")
     out = tmp_path / "report.md"
@@ -42,7 +43,7 @@ def test_wall_arms_report_reads_the_wall_and_the_relaxation_tail(tmp_path):
     assert "last 2 logged" in row
     cells = [c.strip() for c in out.read_text().splitlines()[2].split("|")[1:-1]]
     # steps, train CE over the last 2, min converged 1/4, first < 99 % at 3, < 50 % at 3
-    assert cells[:7] == ["arm", "4", "2.650", "nan (None)", "25%", "3", "3 (2.70)"]
+    assert cells[:7] == ["arm", "4", "2.650", "2.500 / 2.750 (4)", "25%", "3", "3 (2.70)"]
     assert cells[7] == "-0.460"  # the largest leading Re μ, step 4
     assert cells[-2:] == ["35", "62%"]  # free NFE and nudged converged over the last 2
     assert (tmp_path / "report.png").exists()
