@@ -283,21 +283,19 @@ def test_step_never_synchronises_and_captures_on_gpu():
                 state = s.step(F, state)
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    captured_equals_eager(F, z0, s, tol=1e-6, max_steps=200)
+    eager, captured = eager_and_captured(F, z0, s, tol=1e-6, max_steps=200)
+    assert torch.equal(eager.steps, captured.steps) and torch.equal(eager.nfe, captured.nfe)
+    assert torch.equal(eager.status, captured.status)
+    torch.testing.assert_close(eager.z, captured.z, rtol=0, atol=1e-6)
 
 
-def captured_equals_eager(F, z0: Tensor, s: Anderson, **kw):
-    """``relax`` recorded as CUDA graphs (a failed capture is an error) = eager: the same
-    steps, NFE and statuses, z to 1e-6. Returns the captured solution."""
+def eager_and_captured(F, z0: Tensor, s: Anderson, **kw):
+    """``relax`` eagerly and recorded as CUDA graphs (a failed capture is an error)."""
     kw.update(check_every=5, stability="never")
     eager = relax(F, z0, s, **kw)
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message="relax: CUDA-graph capture failed")
-        captured = relax(F, z0, s, capture=True, **kw)
-    assert torch.equal(eager.steps, captured.steps) and torch.equal(eager.nfe, captured.nfe)
-    assert torch.equal(eager.status, captured.status)
-    torch.testing.assert_close(eager.z, captured.z, rtol=0, atol=1e-6)
-    return captured
+        return eager, relax(F, z0, s, capture=True, **kw)
 
 
 @gpu
@@ -313,7 +311,10 @@ def test_deep_history_captures_at_a_large_batch_on_gpu(m):
     b = torch.randn(B, N, generator=g, dtype=torch.float64)
     F = Affine(A.float().cuda(), b.float().cuda())
     z0 = torch.zeros(B, N, device="cuda")
-    captured = captured_equals_eager(F, z0, Anderson(m=m, eps=0.3), tol=1e-5, max_steps=300)
+    eager, captured = eager_and_captured(F, z0, Anderson(m=m, eps=0.3), tol=1e-5, max_steps=300)
+    assert torch.equal(eager.steps, captured.steps) and torch.equal(eager.nfe, captured.nfe)
+    assert torch.equal(eager.status, captured.status)
+    torch.testing.assert_close(eager.z, captured.z, rtol=0, atol=1e-6)
     exact = -torch.linalg.solve(A, b.T).T  # float64 on the CPU
     assert bool((captured.status == 0).all())
     assert (captured.z.double().cpu() - exact).abs().max() < 1e-3 * exact.abs().max()

@@ -53,12 +53,17 @@ class EMA:
         """Inside the block the model holds the averaged parameters."""
         with torch.no_grad():
             saved = [p.detach().clone() for p in self.params]
-            torch._foreach_copy_([p.data for p in self.params], self.shadow)
+        self.apply()
         try:
             yield
         finally:
             with torch.no_grad():
                 torch._foreach_copy_([p.data for p in self.params], saved)
+
+    @torch.no_grad()
+    def apply(self) -> None:
+        """Put the averaged parameters into the model, in place, for good."""
+        torch._foreach_copy_([p.data for p in self.params], self.shadow)
 
     def state_dict(self) -> dict[str, list[Tensor] | int]:
         return {"shadow": [t.detach().cpu() for t in self.shadow], "updates": self.updates}

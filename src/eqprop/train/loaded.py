@@ -29,6 +29,7 @@ from .checkpoint import (
 )
 from .config import TrainConfig
 from .configio import config_from_dict, load_config_file
+from .ema import EMA
 from .generation import Generation, generate
 
 __all__ = ["LoadedRun", "load_run", "resume_config"]
@@ -163,21 +164,21 @@ def load_run(path: str | Path, device: str | torch.device = "cpu", *,
     extra = ck.state.get("extra", {})
     ema = extra.get("ema") if average else None
     if ema is not None:
-        _load_average(model, ema, ck.run_dir)
+        _load_average(model, ema, config, ck.run_dir)
     sha = extra.get("data_sha256")
     return LoadedRun(model=model, config=config, vocab=vocab, step=ck.step, run_dir=ck.run_dir,
                      data_sha256=sha if isinstance(sha, str) else None,
                      averaged=ema is not None)
 
 
-def _load_average(model: torch.nn.Module, ema: dict, run_dir: Path) -> None:
-    """Put the checkpoint's moving average (``EMA.state_dict``) into ``model``."""
-    params, shadow = list(model.parameters()), ema.get("shadow")
-    if not isinstance(shadow, list) or len(shadow) != len(params) or any(
-            not isinstance(t, torch.Tensor) or t.shape != p.shape
-            for t, p in zip(shadow, params, strict=True)):
+def _load_average(model: torch.nn.Module, state: dict, config: TrainConfig,
+                  run_dir: Path) -> None:
+    """Put the checkpoint's moving average (:meth:`EMA.state_dict`) into ``model``."""
+    ema = EMA(model, config.optim.ema_decay or 0.5)  # the decay is not used here
+    try:
+        ema.load_state_dict(state)
+    except (KeyError, TypeError, ValueError, RuntimeError):
         raise CheckpointError(f"checkpoint of {str(run_dir)!r} holds a moving average that "
-                              "does not fit the model: load it with average=False (--raw)")
-    with torch.no_grad():
-        for p, t in zip(params, shadow, strict=True):
-            p.copy_(t.to(p.device, p.dtype))
+                              "does not fit the model: load it with average=False (--raw)"
+                              ) from None
+    ema.apply()
