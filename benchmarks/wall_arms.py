@@ -284,6 +284,7 @@ def summarize_arm(name: str, recs: list[dict], n_tail: int = 50) -> dict:
                                     None)),
             "max_re": max(res, default=float("nan")),
             "skipped": sum(1 for r in steps if r.get("skipped")),
+            "dropped": sum(r.get("nudge_dropped", 0) for r in steps),
             "weight": num(next((r["reg_weight"] for r in reversed(steps) if "reg_weight" in r),
                                 None)),
             "kicks": sum(1 for r in recs if r.get("event") == "stability_kick"),
@@ -291,6 +292,11 @@ def summarize_arm(name: str, recs: list[dict], n_tail: int = 50) -> dict:
                                if (r.get("nfe") or {}).get("free") is not None]),
             "nudged_conv": _mean([_converged(r["nudge_status"]) for r in steps[-n_tail:]
                                   if r.get("nudge_status")])}
+
+
+def _skips(r: dict) -> str:
+    """Skipped updates, and the samples dropped from accepted ones where there were any."""
+    return f"{r['skipped']} ({r['dropped']})" if r["dropped"] else str(r["skipped"])
 
 
 def _pct(x: float) -> str:
@@ -346,7 +352,7 @@ def report(a: argparse.Namespace) -> None:
     lines = [f"| arm | steps | train CE (last {a.tail} logged) | val CE at z* / after the "
              "reference (step) | "
              "min converged | first < 99 % | first < 50 % (train CE there) | max Re μ | "
-             "skipped | weight at end | "
+             "skipped (samples dropped) | weight at end | "
              "kicks |" + (f" free NFE (last {a.tail}) | nudged converged (last {a.tail}) |"
                           if a.relaxation else ""),
              "|---" * (13 if a.relaxation else 11) + "|"]
@@ -354,7 +360,7 @@ def report(a: argparse.Namespace) -> None:
         lines.append(f"| {r['arm']} | {r['steps']} | {r['train_ce']:.3f} | "
                      f"{_val(r)} | {r['min_conv']:.0%} | "
                      f"{_or_dash(r['first_below_99'])} | {_wall(r)} | "
-                     f"{_signed(r['max_re'])} | {r['skipped']} | "
+                     f"{_signed(r['max_re'])} | {_skips(r)} | "
                      f"{r['weight']:.3g} | {r['kicks']} |"
                      + (f" {r['free_nfe']:.0f} | {_pct(r['nudged_conv'])} |" if a.relaxation
                         else ""))

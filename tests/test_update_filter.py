@@ -40,6 +40,12 @@ def test_failed_relaxations_reject_the_update(bad):
     # still contracting or cycling free samples are the wall guard's business
     assert f.check(solution(Status.CYCLING, Status.CONTRACTING), [OK], 1.0) is None
     assert UpdateFilter(max_failed=0.5).check(OK, [solution(Status.CONVERGED, bad)], 1.0) is None
+    # samples the estimator dropped from the gradient: tolerated in the nudged phases only
+    dropping = UpdateFilter(max_dropped=0.5)
+    assert dropping.check(OK, [solution(Status.CONVERGED, bad)], 1.0) is None
+    assert dropping.check(OK, [solution(bad, bad)], 1.0) is not None
+    if bad != Status.DIVERGED:
+        assert dropping.check(solution(Status.CONVERGED, bad), [OK], 1.0) is not None
 
 
 def test_absurd_gradient_norm_relative_to_its_history():
@@ -60,6 +66,7 @@ def test_absurd_gradient_norm_relative_to_its_history():
     ({"reject_nudged": ("diverged", "bogus")}, "reject_nudged=.*status labels"),
     ({"reject_free": "diverged"}, "reject_free='diverged'"),
     ({"max_failed": 1.0}, r"max_failed=1.0\): must lie in \[0, 1\)"),
+    ({"max_dropped": -0.1}, r"max_dropped=-0.1\): must lie in \[0, 1\)"),
     ({"window": 0}, "window=0"),
     ({"min_history": 30}, "min_history=30"),
     ({"max_ratio": 1.0}, "max_ratio=1.0"),

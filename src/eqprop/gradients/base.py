@@ -32,6 +32,8 @@ class EstimatorResult:
         signal: the learning signal ``s`` ``(B, ...)`` (None for BPTT).
         nfe: F-equivalent evaluations per phase, each ``(B,)``.
         solutions: relaxation results per phase (nudged phases).
+        dropped: ``(B,)`` bool, the samples left out of the signal because a nudged
+            relaxation failed (``EP.drop_failed``), or None when the estimator drops none.
     """
 
     surrogate: Tensor
@@ -39,6 +41,7 @@ class EstimatorResult:
     signal: Tensor | None = None
     nfe: dict[str, Tensor] = field(default_factory=dict)
     solutions: dict[str, Solution] = field(default_factory=dict)
+    dropped: Tensor | None = None
 
 
 def surrogate(field: Field, z_star: Tensor, s: Tensor) -> Tensor:

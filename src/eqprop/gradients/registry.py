@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from ..errors import ConfigError
 from ..solvers.registry import SOLVERS, SolverConfig, build_solver, solver_class
-from ..validate import choice
+from ..validate import choice, interval
 from .base import Estimator
 from .bptt import BPTT
 from .ep import EP, AsymEP
@@ -40,6 +40,11 @@ class EstimatorConfig:
         radius: holoep's nudge radius r = |β| (exact up to O(r^N) at finite r).
         n_nudges: holoep's number N of complex nudges on the circle.
         holo_antisym: holoep adds the -2A(z - z*) term (needed on the asym block).
+        drop_failed: ep, asymep: the largest fraction of a batch whose failed nudged
+            relaxations (diverged, unstable, non-finite) are left out of the gradient; the
+            update is rejected only when more of a phase's samples failed. 0 (default):
+            any failed sample rejects the whole update. Without nudged phases (ift, bptt)
+            there is nothing to drop; holoep needs 0.
     """
 
     name: str = "asymep"
@@ -56,6 +61,7 @@ class EstimatorConfig:
     radius: float = 0.5
     n_nudges: int = 4
     holo_antisym: bool = True
+    drop_failed: float = 0.0
 
     def __post_init__(self) -> None:
         if self.name not in (*ESTIMATORS, BACKPROP):
@@ -73,6 +79,10 @@ class EstimatorConfig:
         if isinstance(self.n_nudges, bool) or not isinstance(self.n_nudges, int) \
                 or self.n_nudges < 1:
             raise ConfigError(f"estimator n_nudges={self.n_nudges!r}: must be an integer ≥ 1")
+        interval("estimator", "drop_failed", self.drop_failed, 0.0, 1.0, hi_open=True)
+        if self.drop_failed and self.name == "holoep":
+            raise ConfigError(f"estimator drop_failed={self.drop_failed!r}: holoep does not "
+                              "drop samples (ep and asymep do); it needs 0")
         if solver_class(self.nudge.name).uses_jvp:
             raise ConfigError(
                 f"estimator.nudge.name={self.nudge.name!r}: its step takes JVPs of the nudged "
@@ -87,7 +97,8 @@ class EstimatorConfig:
 def _ep(c: EstimatorConfig, cls: type[EP], centered: bool) -> EP:
     return cls(beta=c.beta, centered=centered, solver=build_solver(c.nudge), tol=c.nudge.tol,
                max_steps=c.nudge.max_steps, check_every=c.nudge.check_every,
-               capture=c.nudge.capture, batch_nudges=c.batch_nudges)
+               capture=c.nudge.capture, batch_nudges=c.batch_nudges,
+               drop_failed=c.drop_failed > 0)
 
 
 def _ift(c: EstimatorConfig, free: SolverConfig) -> IFT:

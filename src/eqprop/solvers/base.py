@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from ..fields import FieldFn, evals_per_call
-from .status import Status
+from .status import FAILED, Status
 
 __all__ = ["Solution", "Solver", "SolverSettings", "SolverState", "Status", "bcast", "relax",
            "sample_norm"]
@@ -169,6 +169,14 @@ class Solution:
     @property
     def converged(self) -> Tensor:
         return self.status == Status.CONVERGED
+
+    @property
+    def failed(self) -> Tensor:
+        """``(B,)`` bool: the samples whose status is one of :data:`~.status.FAILED`."""
+        out = torch.zeros_like(self.status, dtype=torch.bool)
+        for s in FAILED:
+            out |= self.status == s
+        return out
 
     def counts(self) -> dict[str, int]:
         """Number of samples in each status, by label."""

@@ -7,7 +7,7 @@ from enum import IntEnum
 import torch
 from torch import Tensor
 
-__all__ = ["Status", "classify"]
+__all__ = ["FAILED", "Status", "classify"]
 
 
 class Status(IntEnum):
@@ -25,6 +25,11 @@ class Status(IntEnum):
     @property
     def label(self) -> str:
         return self.name.lower()
+
+
+#: the outcomes whose end point is no equilibrium to learn from (a merely slow or
+#: cycling relaxation still ends near one)
+FAILED = (Status.DIVERGED, Status.NONFINITE, Status.UNSTABLE)
 
 
 #: fraction of the trace (its tail) that the verdict looks at

@@ -243,7 +243,8 @@ class DistContext:
     def reduce_record(self, record: dict[str, Any]) -> dict[str, Any]:
         """A step's metrics over the whole global batch (the record of one process's step
         on the concatenated batch): ``train_ce``, ``penalty``, ``res_mean``, ``nfe`` means,
-        ``res_max`` max, ``status``/``nudge_status`` counts summed, ``status_frac`` redone.
+        ``res_max`` max, ``status``/``nudge_status`` counts and ``nudge_dropped`` summed,
+        ``status_frac`` redone.
 
         Args:
             record: this rank's record (every rank has the same keys).
@@ -254,20 +255,22 @@ class DistContext:
         if not self.active:
             return record
         means = [k for k in ("train_ce", "penalty", "res_mean", "nfe_total") if k in record]
+        totals = [k for k in ("nudge_dropped",) if k in record]
         phases = sorted(record.get("nfe", {}))
         counts = [(k, label) for k in ("status", "nudge_status") if k in record
                   for label in sorted(record[k])]
-        n_mean = len(means) + len(phases)
-        summed = self._reduce([float(record[k]) for k in means] +
-                              [float(record["nfe"][p]) for p in phases] +
-                              [float(record[k][label]) for k, label in counts],
-                              dist.ReduceOp.SUM)
-        for k, v in zip(means, summed[:len(means)], strict=True):
-            record[k] = v / self.world_size
-        for p, v in zip(phases, summed[len(means):n_mean], strict=True):
-            record["nfe"][p] = v / self.world_size
-        for (k, label), v in zip(counts, summed[n_mean:], strict=True):
-            record[k][label] = int(round(v))
+        summed = iter(self._reduce([float(record[k]) for k in means + totals] +
+                                   [float(record["nfe"][p]) for p in phases] +
+                                   [float(record[k][label]) for k, label in counts],
+                                   dist.ReduceOp.SUM))
+        for k in means:
+            record[k] = next(summed) / self.world_size
+        for k in totals:
+            record[k] = int(round(next(summed)))
+        for p in phases:
+            record["nfe"][p] = next(summed) / self.world_size
+        for k, label in counts:
+            record[k][label] = int(round(next(summed)))
         if "res_max" in record:
             record["res_max"] = self._reduce([float(record["res_max"])], dist.ReduceOp.MAX)[0]
         if "status" in record:

@@ -56,15 +56,19 @@ class Verdict:
 
 
 def measure(sol: Solution, loss: Tensor, nfe: dict[str, Tensor], nudged: list[Solution],
-            grad_norm: Tensor, penalties: list[Tensor], *, lr: float) -> Measured:
+            grad_norm: Tensor, penalties: list[Tensor], *, lr: float,
+            dropped: Tensor | None = None) -> Measured:
     """Everything a step reports (free phase ``sol``, the estimator's ``loss`` and NFE,
-    the ``nudged`` phases, the gradient norm, the penalties), in one transfer."""
+    the ``nudged`` phases, the gradient norm, the penalties, the samples the estimator
+    ``dropped``), in one transfer."""
     scalars = {"loss": loss, "grad_norm": grad_norm,
                "res_max": sol.rel_residual.max(), "res_mean": sol.rel_residual.mean(),
                "nfe.free": sol.nfe.float().mean()}
     scalars.update({f"nfe.{k}": v.float().mean() for k, v in nfe.items()})
     if penalties:
         scalars["penalty"] = sum(p.detach() for p in penalties)
+    if dropped is not None:
+        scalars["dropped"] = dropped.sum()
     if sol.max_real is not None:  # the stability check's leading Re μ over the batch
         scalars["lead_re"] = sol.max_real.nan_to_num(nan=-math.inf).max()
     host, counts, nudge_phases = to_host(scalars, sol, nudged)
@@ -88,6 +92,8 @@ def step_record(step: int, m: Measured, *, batch: int, nudged: bool) -> dict[str
         record["lead_re"] = host["lead_re"]
     if nudged:
         record["nudge_status"] = m.nudge_counts
+    if "dropped" in host:  # samples left out of the gradient (their nudged phases failed)
+        record["nudge_dropped"] = int(host["dropped"])
     return record
 
 

@@ -125,7 +125,7 @@ class Trainer:
         self._free: Relaxation | None = None
         self.estimator = None if self.backprop else build_estimator(cfg.estimator, cfg.solver)
         self.guard = WallGuard(cfg.guard)
-        self.update_filter = UpdateFilter()
+        self.update_filter = UpdateFilter(max_dropped=cfg.estimator.drop_failed)
         self.stability = StabilityController(cfg.stability) if cfg.stability.enabled else None
         self.events: list[dict[str, Any]] = []  # decisions to log, taken by run()
         self.stop_reason: str | None = None  # why a controller stopped the run
@@ -208,7 +208,8 @@ class Trainer:
         grad_norm = self.backward(result.surrogate, penalties)
         nudged = list(result.solutions.values())
         m = measure(sol, result.loss, result.nfe, nudged, grad_norm, penalties,  # one transfer
-                    lr=lr_at(self.step, self.cfg.optim, self.cfg.schedule))
+                    lr=lr_at(self.step, self.cfg.optim, self.cfg.schedule),
+                    dropped=result.dropped)
         verdict = self.judge(m)  # decide: is the update sound, does the guard let it through
         self.update(verdict, m)  # apply it (or count the skip)
         record = self.record(m, verdict, batch=tokens.shape[0], nudged=bool(nudged))

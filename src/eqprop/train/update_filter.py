@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
-from ..solvers.status import Status
+from ..solvers.status import FAILED, Status
 
 __all__ = ["UpdateFilter"]
 
@@ -42,6 +42,9 @@ class UpdateFilter:
         reject_nudged: statuses of the estimator's nudged relaxations that do.
         max_failed: largest fraction of a phase's samples allowed in those statuses
             (0: any one rejects the update).
+        max_dropped: the same for a nudged phase whose failed samples the estimator
+            left out of the gradient (``EstimatorConfig.drop_failed``; the larger of the
+            two applies there).
         window: how many accepted gradient norms the history keeps.
         max_ratio: reject a gradient norm above ``max_ratio`` times the median of the
             history (> 1).
@@ -49,8 +52,9 @@ class UpdateFilter:
     """
 
     reject_free: tuple[str, ...] = ("unstable", "nonfinite")
-    reject_nudged: tuple[str, ...] = ("diverged", "unstable", "nonfinite")
+    reject_nudged: tuple[str, ...] = tuple(s.label for s in FAILED)
     max_failed: float = 0.0
+    max_dropped: float = 0.0
     window: int = 20
     max_ratio: float = 1e3
     min_history: int = 5
@@ -63,8 +67,10 @@ class UpdateFilter:
                                                                       for s in v):
                 raise ConfigError(f"UpdateFilter({name}={v!r}): must be a tuple of status "
                                   f"labels from {', '.join(_LABELS)}")
-        if not (isinstance(self.max_failed, (int, float)) and 0 <= self.max_failed < 1):
-            raise ConfigError(f"UpdateFilter(max_failed={self.max_failed!r}): must lie in [0, 1)")
+        for name in ("max_failed", "max_dropped"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and 0 <= v < 1):
+                raise ConfigError(f"UpdateFilter({name}={v!r}): must lie in [0, 1)")
         for name in ("window", "min_history"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -86,12 +92,14 @@ class UpdateFilter:
                 IFT, BPTT).
             grad_norm: the gradient's norm before clipping.
         """
-        phases = [("free", free, self.reject_free)]
-        phases += [(f"nudged #{i + 1}", c, self.reject_nudged) for i, c in enumerate(nudged)]
-        for name, counts, reject in phases:
+        phases = [("free", free, self.reject_free, self.max_failed)]
+        nudged_max = max(self.max_failed, self.max_dropped)
+        phases += [(f"nudged #{i + 1}", c, self.reject_nudged, nudged_max)
+                   for i, c in enumerate(nudged)]
+        for name, counts, reject, most in phases:
             bad = sum(counts.get(s, 0) for s in reject)
             B = sum(counts.values())
-            if B and bad / B > self.max_failed:
+            if B and bad / B > most:
                 shown = ", ".join(f"{k} {counts[k]}" for k in reject if counts.get(k))
                 return f"{name} relaxation failed in {bad}/{B} samples ({shown})"
         if not math.isfinite(grad_norm):

@@ -1,0 +1,91 @@
+"""Samples whose nudged relaxations fail are dropped from the signal, not the whole update."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+from torch import Tensor
+
+from eqprop import IFT, AsymEP, Euler
+from eqprop.errors import ConfigError
+from eqprop.fields import Field
+from eqprop.gradients.registry import EstimatorConfig, build_estimator
+from eqprop.solvers import SolverConfig, Status
+from eqprop.train import Trainer
+from tests.helpers import TEXT, rotation_block, tiny
+
+
+class PerSampleLinear(Field):
+    """``F_b(z) = A_b (z_b - z_fix_b)`` with its own ``A_b`` per sample and the loss
+    ``L_b = ½‖z_b - y_b‖²``: the adjoint ``A_b⁻ᵀ (z*_b - y_b)`` is known per sample."""
+
+    def __init__(self, A: Tensor, z_fix: Tensor, y: Tensor):
+        self.A, self.z_fix, self.y = A, z_fix, y  # (B, n, n), (B, n), (B, n)
+
+    def __call__(self, z: Tensor) -> Tensor:
+        return torch.einsum("bij,bj->bi", self.A, z - self.z_fix)
+
+    def loss(self, z: Tensor) -> Tensor:
+        return 0.5 * ((z - self.y) ** 2).sum(-1)
+
+
+def field_with_one_stiff_sample() -> PerSampleLinear:
+    """Three samples: two with a slow rotating mode -0.5 ± 2i, the middle one with
+    -0.5 ± 2i and a stiff mode -21, on which Euler ε 0.1 diverges (|1 - 2.1| > 1)."""
+    g = torch.Generator().manual_seed(0)
+    n = 3
+    A = torch.zeros(3, n, n, dtype=torch.float64)
+    for b, stiff in enumerate((-1.0, -21.0, -1.0)):
+        D = torch.zeros(n, n, dtype=torch.float64)
+        D[:2, :2] = rotation_block(-0.5, 2.0)
+        D[2, 2] = stiff
+        Q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+        A[b] = Q @ D @ Q.T
+    return PerSampleLinear(A, torch.randn(3, n, generator=g, dtype=torch.float64),
+                           torch.randn(3, n, generator=g, dtype=torch.float64))
+
+
+def test_the_failed_sample_is_dropped_and_the_others_keep_the_exact_adjoint():
+    field = field_with_one_stiff_sample()
+    z_star = field.z_fix.clone()  # the exact equilibrium: only the nudged phases relax
+    exact = torch.linalg.solve(field.A.transpose(1, 2), (z_star - field.y).unsqueeze(-1))[..., 0]
+    torch.testing.assert_close(IFT(tol=1e-13).estimate(field, z_star).signal, exact)
+    settings = dict(beta=1e-3, solver=Euler(0.1), tol=1e-8, max_steps=1500)
+    kept = AsymEP(**settings).estimate(field, z_star)
+    dropped = AsymEP(**settings, drop_failed=True).estimate(field, z_star)
+    for sol in kept.solutions.values():
+        assert sol.status.tolist() == [Status.CONVERGED, Status.DIVERGED, Status.CONVERGED]
+    assert kept.dropped is None
+    assert dropped.dropped.tolist() == [False, True, False]
+    # without the drop the diverged end point is the middle sample's "signal"
+    assert (kept.signal[1] - exact[1]).abs().max() > 1e3
+    assert torch.equal(dropped.signal[1], torch.zeros(3, dtype=torch.float64))
+    torch.testing.assert_close(dropped.signal[[0, 2]], exact[[0, 2]], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(dropped.signal[[0, 2]], kept.signal[[0, 2]])
+
+
+def test_the_setting_reaches_the_estimator_and_is_validated():
+    est = build_estimator(EstimatorConfig(name="asymep", drop_failed=0.05), SolverConfig())
+    assert est.drop_failed is True
+    assert build_estimator(EstimatorConfig(name="asymep"), SolverConfig()).drop_failed is False
+    with pytest.raises(ConfigError, match=r"estimator.drop_failed=1.0: must be a number in \[0.0, 1.0\)"):
+        EstimatorConfig(drop_failed=1.0)
+    with pytest.raises(ConfigError, match="drop_failed=0.1: holoep does not drop samples"):
+        EstimatorConfig(name="holoep", drop_failed=0.1)
+    EstimatorConfig(name="ift", drop_failed=0.1)  # no nudged phases: nothing to drop
+
+
+def test_a_step_reports_how_many_samples_it_dropped(tmp_path):
+    p = tmp_path / "text.txt"
+    p.write_text(TEXT, encoding="utf-8")
+    cfg = tiny(str(p), tmp_path / "runs")
+    cfg = replace(cfg, estimator=replace(cfg.estimator, drop_failed=0.25))
+    trainer = Trainer(cfg)
+    assert trainer.update_filter.max_dropped == 0.25
+    tokens, targets = trainer.corpus.get_batch("train", 4, 8, trainer.data_gen)
+    record = trainer.train_step(tokens, targets)
+    assert record["nudge_dropped"] == 0 and not record.get("skipped")
+    plain = Trainer(tiny(str(p), tmp_path / "runs2"))
+    assert "nudge_dropped" not in plain.train_step(tokens, targets)
