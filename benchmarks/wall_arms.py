@@ -284,7 +284,7 @@ def summarize_arm(name: str, recs: list[dict], n_tail: int = 50) -> dict:
                                     None)),
             "max_re": max(res, default=float("nan")),
             "skipped": sum(1 for r in steps if r.get("skipped")),
-            "dropped": sum(r.get("nudge_dropped", 0) for r in steps),
+            "dropped": sum(r.get("dropped", 0) for r in steps),
             "weight": num(next((r["reg_weight"] for r in reversed(steps) if "reg_weight" in r),
                                 None)),
             "kicks": sum(1 for r in recs if r.get("event") == "stability_kick"),

@@ -176,7 +176,7 @@ def test_check_from_recorded_arnoldi_steps_equals_the_direct_check():
     """The captured path (Arnoldi on the device, Ritz values on the host) gives the same
     verdict as the direct check, on planted per-sample spectra with Re μ > 0."""
     from eqprop.solvers.base import Solution
-    from eqprop.solvers.stability import arnoldi, check_relaxation, probe
+    from eqprop.solvers.stability import arnoldi, check_relaxation, probe, start_vector
 
     A = torch.stack([planted_matrix(m, seed=i) for i, m in enumerate([
         (complex(0.1, 1.0), -2.0, -3.0, -4.0), (-0.01, -40.0, -0.5, complex(-5.0, 3.0))])])
@@ -187,7 +187,8 @@ def test_check_from_recorded_arnoldi_steps_equals_the_direct_check():
     sol = Solution(z=z, status=torch.full((2,), int(Status.CONVERGED)), steps=one, nfe=one,
                    residual=f.norm(dim=1), rel_residual=f.norm(dim=1))
     direct = check_relaxation(F, sol, None, "always", f=f)
-    recorded = check_relaxation(F, sol, None, "always", krylov=arnoldi(F, z, f, probe(z), 5))
+    v0 = start_vector(f, probe(z))  # the start the captured check records
+    recorded = check_relaxation(F, sol, None, "always", krylov=arnoldi(F, z, f, v0, 5))
     assert torch.equal(direct.max_real, recorded.max_real)
     assert recorded.status.tolist() == [int(Status.UNSTABLE), int(Status.CONVERGED)]
     assert torch.equal(direct.status, recorded.status) and torch.equal(direct.nfe, recorded.nfe)
@@ -307,3 +308,34 @@ def test_tracking_and_validation_report_stability(tmp_path):
     trainer = Trainer(dc_replace(cfg, solver=dc_replace(cfg.solver, name="broyden")))
     m = trainer.validate()
     assert m["val_stable_frac"] == 1.0 and m["val_max_re"] < 0
+
+
+def test_the_check_starts_from_the_residual_and_finds_a_hopf_pair_a_random_start_misses():
+    """A planted 302-unknown field: a cloud of 150 damped rotating pairs (Re μ in
+    [-3, -0.3], |Im μ| up to 6, like a trained field's) and one pair +0.05 ± 2i. The
+    state is the continuous flow's end after t = 10 from a random start: what a
+    relaxation leaves is the modes it has not damped. From a random vector Arnoldi
+    finds only the cloud; from the residual it finds the unstable pair (dense reference)."""
+    from eqprop.solvers.base import Solution
+    from eqprop.solvers.stability import arnoldi, check_relaxation, probe, ritz
+
+    g = torch.Generator().manual_seed(1)
+    cloud = [complex(-0.3 - 2.7 * float(torch.rand(1, generator=g)),
+                     0.1 + 6 * float(torch.rand(1, generator=g))) for _ in range(150)]
+    A = planted_matrix((*cloud, complex(0.05, 2.0)), seed=3)
+    n = A.shape[0]
+    assert torch.linalg.eigvals(A).real.max().item() == pytest.approx(0.05, abs=1e-12)
+    F = BatchLinear(A[None], torch.randn(1, n, generator=g, dtype=torch.float64))
+    e = torch.randn(1, n, generator=g, dtype=torch.float64) @ torch.linalg.matrix_exp(10 * A).T
+    z = F.c + 1e-3 * e / e.norm()
+    f = F(z)
+    ulp = torch.finfo(torch.float64).eps
+    for m in (16, 32):  # the check before (16 steps), and twice as many: blind to the pair
+        blind = ritz(arnoldi(F, z, f, probe(z), m), ulp, m)
+        assert blind.max_real.item() < -0.3 and not blind.unstable.item()
+    one = torch.ones(1, dtype=torch.long)
+    sol = Solution(z=z, status=torch.full((1,), int(Status.CONVERGED)), steps=one, nfe=one,
+                   residual=f.norm(dim=1), rel_residual=f.norm(dim=1))
+    checked = check_relaxation(F, sol, None, "always", f=f)
+    assert checked.max_real.item() == pytest.approx(0.05, abs=1e-3)
+    assert checked.status.tolist() == [int(Status.UNSTABLE)]

@@ -12,14 +12,15 @@ mixed precision and DDP then work unchanged.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+import torch
 from torch import Tensor
 
 from ..fields import Field
 from ..solvers.base import Solution
 
-__all__ = ["Estimator", "EstimatorResult", "surrogate"]
+__all__ = ["Estimator", "EstimatorResult", "drop_samples", "surrogate"]
 
 
 @dataclass
@@ -32,8 +33,8 @@ class EstimatorResult:
         signal: the learning signal ``s`` ``(B, ...)`` (None for BPTT).
         nfe: F-equivalent evaluations per phase, each ``(B,)``.
         solutions: relaxation results per phase (nudged phases).
-        dropped: ``(B,)`` bool, the samples left out of the signal because a nudged
-            relaxation failed (``EP.drop_failed``), or None when the estimator drops none.
+        dropped: ``(B,)`` bool, the samples left out of the signal
+            (:func:`drop_samples`), or None.
     """
 
     surrogate: Tensor
@@ -48,6 +49,23 @@ def surrogate(field: Field, z_star: Tensor, s: Tensor) -> Tensor:
     """``S = mean_b L_b(z*) - (1/B) Σ_b <s_b, F(z*)_b>`` with z* and s detached."""
     z = z_star.detach()
     return field.loss(z).mean() - (s.detach() * field(z)).sum() / z.shape[0]
+
+
+def drop_samples(result: EstimatorResult, field: Field, z_star: Tensor,
+                 drop: Tensor) -> EstimatorResult:
+    """``result`` with the samples ``drop`` ``(B,)`` (bool) left out of its signal
+    (``s_b = 0``) and its surrogate rebuilt: their estimate is not one to learn from (a
+    nudged relaxation that diverged, a free equilibrium the continuous dynamics leave).
+    Their loss still enters the surrogate's first term (the readout's own gradient).
+
+    Raises:
+        ValueError: the result has no signal (bptt differentiates through its unroll).
+    """
+    s = result.signal
+    if s is None:
+        raise ValueError("drop_samples: the estimate has no learning signal to drop samples from")
+    s = torch.where(drop.view(-1, *(1,) * (s.dim() - 1)), torch.zeros_like(s), s)
+    return replace(result, surrogate=surrogate(field, z_star, s), signal=s, dropped=drop)
 
 
 class Estimator(ABC):

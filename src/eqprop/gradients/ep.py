@@ -44,11 +44,6 @@ class EP(Estimator):
             correction the nudged tolerance (relative to the nudge) then asks the nudged
             phase to finish the free phase's work below the float precision. The
             centered signal is the same to first order either way.
-        drop_failed: leave the samples whose nudged relaxations failed (diverged,
-            unstable, non-finite: :data:`~eqprop.solvers.status.FAILED`) out of the
-            signal (``s_b = 0``) instead of letting their end points into it; the result's
-            ``dropped`` marks them. Their estimate is garbage, and without this one such
-            sample spoils the batch's update (the trainer's update filter rejects it).
     """
 
     beta: float = 0.01
@@ -60,7 +55,6 @@ class EP(Estimator):
     capture: bool = False
     batch_nudges: bool = True
     correct_residual: bool = True
-    drop_failed: bool = False
 
     #: add the -2A (z - z*) term of asymmetric EP
     antisym = False
@@ -113,16 +107,11 @@ class EP(Estimator):
                 plus = self._nudge(field, z, self.beta, scale, r_star)
                 sols = {"nudged+": plus}
                 s = (plus.z - z) / self.beta
-            dropped = None
-            if self.drop_failed:
-                dropped = torch.stack([v.failed for v in sols.values()]).any(0)  # (B,)
-                s = torch.where(dropped.view(-1, *(1,) * (s.dim() - 1)), 0.0, s)
         S = surrogate(field, z, s)
         nfe = {k: v.nfe for k, v in sols.items()}
         if r_star is not None:
             nfe["residual"] = torch.full_like(plus.nfe, field.evals_per_call)
-        return EstimatorResult(S, field.loss(z).mean().detach(), s, nfe=nfe, solutions=sols,
-                               dropped=dropped)
+        return EstimatorResult(S, field.loss(z).mean().detach(), s, nfe=nfe, solutions=sols)
 
 
 @dataclass

@@ -40,11 +40,13 @@ class EstimatorConfig:
         radius: holoep's nudge radius r = |β| (exact up to O(r^N) at finite r).
         n_nudges: holoep's number N of complex nudges on the circle.
         holo_antisym: holoep adds the -2A(z - z*) term (needed on the asym block).
-        drop_failed: ep, asymep: the largest fraction of a batch whose failed nudged
-            relaxations (diverged, unstable, non-finite) are left out of the gradient; the
-            update is rejected only when more of a phase's samples failed. 0 (default):
-            any failed sample rejects the whole update. Without nudged phases (ift, bptt)
-            there is nothing to drop; holoep needs 0.
+        drop_failed: leave the samples whose estimate is not one to learn from out of the
+            learning signal (:func:`~eqprop.gradients.base.drop_samples`): those whose
+            nudged relaxations failed (diverged, unstable, non-finite) and those whose
+            free equilibrium the stability check found unstable (the hardware would
+            leave it); the penalty still acts on them. The update is rejected only when
+            more than this fraction of a nudged phase's samples failed. 0 (default): any
+            such sample rejects the whole update. bptt has no signal and needs 0.
     """
 
     name: str = "asymep"
@@ -80,9 +82,9 @@ class EstimatorConfig:
                 or self.n_nudges < 1:
             raise ConfigError(f"estimator n_nudges={self.n_nudges!r}: must be an integer ≥ 1")
         interval("estimator", "drop_failed", self.drop_failed, 0.0, 1.0, hi_open=True)
-        if self.drop_failed and self.name == "holoep":
-            raise ConfigError(f"estimator drop_failed={self.drop_failed!r}: holoep does not "
-                              "drop samples (ep and asymep do); it needs 0")
+        if self.drop_failed and self.name == "bptt":
+            raise ConfigError(f"estimator drop_failed={self.drop_failed!r}: bptt has no learning "
+                              "signal to drop samples from; it needs 0")
         if solver_class(self.nudge.name).uses_jvp:
             raise ConfigError(
                 f"estimator.nudge.name={self.nudge.name!r}: its step takes JVPs of the nudged "
@@ -97,8 +99,7 @@ class EstimatorConfig:
 def _ep(c: EstimatorConfig, cls: type[EP], centered: bool) -> EP:
     return cls(beta=c.beta, centered=centered, solver=build_solver(c.nudge), tol=c.nudge.tol,
                max_steps=c.nudge.max_steps, check_every=c.nudge.check_every,
-               capture=c.nudge.capture, batch_nudges=c.batch_nudges,
-               drop_failed=c.drop_failed > 0)
+               capture=c.nudge.capture, batch_nudges=c.batch_nudges)
 
 
 def _ift(c: EstimatorConfig, free: SolverConfig) -> IFT:

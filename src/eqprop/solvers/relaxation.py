@@ -33,7 +33,16 @@ from ..fields import Field, FieldFn
 from .base import Solution, Solver
 from .criterion import Tolerance
 from .loop import Loop, advance, copy_into, fall_back, run_loop, start
-from .stability import KRYLOV_DIM, Krylov, arnoldi, check_mode, check_relaxation, checks, probe
+from .stability import (
+    KRYLOV_DIM,
+    Krylov,
+    arnoldi,
+    check_mode,
+    check_relaxation,
+    checks,
+    probe,
+    start_vector,
+)
 from .status import classify
 
 __all__ = ["Relaxation", "to_solution"]
@@ -70,7 +79,7 @@ class _Replay:
     stream: torch.cuda.Stream
     check: torch.cuda.CUDAGraph | None  # the stability check's Arnoldi steps
     krylov: Krylov | None  # what the check graph leaves
-    probe: Tensor | None  # the check's start vector (a buffer the check graph reads)
+    probe: Tensor | None  # the random part of the check's start (a buffer its graph reads)
 
 
 def _layout(tensors: list[Tensor | None]) -> tuple:
@@ -249,12 +258,12 @@ class Relaxation:
             if checks(solver, self.stability):
                 z, f = loop.state.z, loop.state.f
                 m, v0 = min(KRYLOV_DIM, z[0].numel()), probe(z)
-                arnoldi(F, z, f, v0, m)  # warm-up
+                arnoldi(F, z, f, start_vector(f, v0), m)  # warm-up
                 stream.synchronize()
                 check = torch.cuda.CUDAGraph()
                 check.capture_begin()
                 try:
-                    krylov = arnoldi(F, z, f, v0, m)
+                    krylov = arnoldi(F, z, f, start_vector(f, v0), m)
                 finally:
                     check.capture_end()
         return _Replay(field=F, inputs=list(inputs), z0=z0_s, scale=scale_s, loop=loop,

@@ -7,20 +7,25 @@ continuous dynamics — the hardware — would leave. After such a solve,
 each sample and gives the samples that landed on an unstable point the status
 ``unstable`` instead of ``converged``.
 
-The estimate is ``m`` steps of Arnoldi on ``J``, batched over the samples, with
-forward-difference products ``J v ≈ (F(z + δv) - F(z)) / δ``, ``δ = √ulp · max(1, ‖z‖)``
-(one evaluation of ``F`` per step, and ``F`` may be any batched callable: a
-nudged field, a complex state of holomorphic EP). The Ritz values ``θ_i`` (the
-eigenvalues of the ``m × m`` Hessenberg matrix) approximate the exterior of the
-spectrum first, where the rightmost eigenvalue lies. Each Ritz value comes with
-its residual ``r_i = ‖J y_i - θ_i y_i‖`` (from the last Arnoldi coefficient), and a
-sample is called unstable only when some ``Re θ_i - r_i`` exceeds a noise margin
-``10 √ulp · max(1, max|θ|)``: a Ritz value in the right half plane by more than its
-own error. For a state of ``n ≤ m`` unknowns Arnoldi spans the whole space and the
-Ritz values are the eigenvalues (up to the difference error). On a large ``J`` an
-eigenvalue that ``m`` steps do not resolve is missed: the full-accuracy reference
-is :func:`eqprop.diagnostics.spectrum` (ARPACK, ``which="LR"``). Cost and accuracy
-are in docs/solvers.md.
+The estimate is ``m`` steps of Arnoldi on ``J``, batched over the samples, started from
+the residual ``F(z)`` (:func:`start_vector`), with forward-difference products ``J v ≈
+(F(z + δv) - F(z)) / δ``, ``δ = √ulp · max(1, ‖z‖)`` (one evaluation of ``F`` per step,
+and ``F`` may be any batched callable: a nudged field, a complex state of holomorphic
+EP). The Ritz values ``θ_i`` (the eigenvalues of the ``m × m`` Hessenberg matrix)
+approximate the exterior of the spectrum first, where the rightmost eigenvalue lies.
+Each Ritz value comes with its residual ``r_i = ‖J y_i - θ_i y_i‖`` (from the last
+Arnoldi coefficient), and a sample is called unstable only when some ``Re θ_i - r_i``
+exceeds a noise margin ``10 √ulp · max(1, max|θ|)``: a Ritz value in the right half
+plane by more than its own error. The start matters: the residual a relaxation leaves is
+made of the modes it has not damped yet, the slow and the growing ones, so Arnoldi meets
+the rightmost eigenvalue there first; from a random vector 16 steps misread it by
+0.85–1.44 on trained study-size fields and flagged none of their Hopf-unstable
+equilibria, 64 from the residual by at most 0.018
+(benchmarks/results/stability_probe_recipe_cpu.md). For a state of
+``n ≤ m`` unknowns Arnoldi spans the whole space and the Ritz values are the eigenvalues
+(up to the difference error). On a large ``J`` an eigenvalue that ``m`` steps do not
+resolve is missed: the full-accuracy reference is :func:`eqprop.diagnostics.spectrum`
+(ARPACK, ``which="LR"``). Cost and accuracy are in docs/solvers.md.
 
 Solvers that follow the flow (``Solver.follows_flow``: explicit and adaptive Euler,
 the ODE reference) are repelled by every mode with ``Re μ > 0``, so from a generic
@@ -42,12 +47,15 @@ from .status import Status
 
 __all__ = ["KRYLOV_DIM", "MODES", "Krylov", "StabilityEstimate", "arnoldi", "assess_stability",
            "check_mask", "check_mode", "check_relaxation", "checks", "leading_mode", "leading_real",
-           "probe", "ritz"]
+           "probe", "ritz", "start_vector"]
 
 #: when relax checks stability: root finders' converged samples, every sample, never
 MODES = ("auto", "always", "never")
 #: Arnoldi steps (evaluations of F) per check
-KRYLOV_DIM = 16
+KRYLOV_DIM = 64
+#: weight of the random probe in the start vector (it keeps every direction in the
+#: Krylov space where the residual has none, e.g. at an exact fixed point)
+PROBE_WEIGHT = 0.1
 
 
 def check_mode(mode: str) -> None:
@@ -110,6 +118,24 @@ def probe(z: Tensor) -> Tensor:
     if zf.is_complex():
         v = torch.complex(v, torch.randn(B, N, generator=gen, dtype=rdt, device=zf.device))
     v = v.to(zf.dtype)
+    return v / sample_norm(v)[:, None]
+
+
+def start_vector(f: Tensor, p: Tensor) -> Tensor:
+    """The Arnoldi start vector ``(B, N)`` unit rows: the residual direction
+    ``F(z)/‖F(z)‖`` plus ``PROBE_WEIGHT`` times the unit probe ``p`` (:func:`probe`),
+    the probe alone where ``F(z)`` is zero or not finite. Device work only (it is
+    recorded in the check's CUDA graph).
+
+    Args:
+        f: ``F(z)`` ``(B, ...)``.
+        p: ``probe(z)`` ``(B, N)``.
+    """
+    ff = _flat(f).to(p.dtype)
+    n = sample_norm(ff)  # (B,)
+    ok = torch.isfinite(n) & (n > 0)
+    r = torch.where(ok[:, None], ff / torch.where(ok, n, 1.0)[:, None], torch.zeros_like(ff))
+    v = r + PROBE_WEIGHT * p
     return v / sample_norm(v)[:, None]
 
 
@@ -205,7 +231,8 @@ def leading_mode(F: FieldFn, z: Tensor, m: int = KRYLOV_DIM) -> tuple[Tensor, Te
     """
     with torch.no_grad(), torch.autocast(z.device.type, enabled=False):
         m = min(m, _flat(z).shape[1])
-        kr = arnoldi(F, z, F(z), probe(z), m)
+        f = F(z)
+        kr = arnoldi(F, z, f, start_vector(f, probe(z)), m)
         theta, Y, *_ = _ritz_pairs(kr)
         # columns past a sample's basis carry -C (never the rightmost)
         lead = theta.real.argmax(1)  # (B,)
@@ -223,7 +250,7 @@ def _leading_real(F: FieldFn, z: Tensor, f: Tensor | None, m: int) -> StabilityE
     if f is None or f.dtype != z.dtype:
         f, evals = F(z), 1
     m = min(m, _flat(z).shape[1])
-    kr = arnoldi(F, z, f, probe(z), m)
+    kr = arnoldi(F, z, f, start_vector(f, probe(z)), m)
     return ritz(kr, torch.finfo(z.real.dtype).eps, evals + m)
 
 

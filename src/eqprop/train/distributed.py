@@ -243,7 +243,7 @@ class DistContext:
     def reduce_record(self, record: dict[str, Any]) -> dict[str, Any]:
         """A step's metrics over the whole global batch (the record of one process's step
         on the concatenated batch): ``train_ce``, ``penalty``, ``res_mean``, ``nfe`` means,
-        ``res_max`` max, ``status``/``nudge_status`` counts and ``nudge_dropped`` summed,
+        ``res_max`` max, ``status``/``nudge_status`` counts and ``dropped`` summed,
         ``status_frac`` redone.
 
         Args:
@@ -255,7 +255,7 @@ class DistContext:
         if not self.active:
             return record
         means = [k for k in ("train_ce", "penalty", "res_mean", "nfe_total") if k in record]
-        totals = [k for k in ("nudge_dropped",) if k in record]
+        totals = [k for k in ("dropped",) if k in record]
         phases = sorted(record.get("nfe", {}))
         counts = [(k, label) for k in ("status", "nudge_status") if k in record
                   for label in sorted(record[k])]

@@ -92,8 +92,8 @@ def step_record(step: int, m: Measured, *, batch: int, nudged: bool) -> dict[str
         record["lead_re"] = host["lead_re"]
     if nudged:
         record["nudge_status"] = m.nudge_counts
-    if "dropped" in host:  # samples left out of the gradient (their nudged phases failed)
-        record["nudge_dropped"] = int(host["dropped"])
+    if "dropped" in host:  # samples left out of the signal (drop_samples)
+        record["dropped"] = int(host["dropped"])
     return record
 
 

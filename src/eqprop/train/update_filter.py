@@ -42,9 +42,10 @@ class UpdateFilter:
         reject_nudged: statuses of the estimator's nudged relaxations that do.
         max_failed: largest fraction of a phase's samples allowed in those statuses
             (0: any one rejects the update).
-        max_dropped: the same for a nudged phase whose failed samples the estimator
-            left out of the gradient (``EstimatorConfig.drop_failed``; the larger of the
-            two applies there).
+        max_dropped: the same for a nudged phase whose failed samples were left out of
+            the gradient (``EstimatorConfig.drop_failed``; the larger of the two applies
+            there). When it is > 0 the free phase's unstable samples, left out too, reject
+            no update: the penalty's gradient in it is what moves them back.
         window: how many accepted gradient norms the history keeps.
         max_ratio: reject a gradient norm above ``max_ratio`` times the median of the
             history (> 1).
@@ -92,7 +93,9 @@ class UpdateFilter:
                 IFT, BPTT).
             grad_norm: the gradient's norm before clipping.
         """
-        phases = [("free", free, self.reject_free, self.max_failed)]
+        free_reject = tuple(s for s in self.reject_free if not (self.max_dropped and
+                                                                s == Status.UNSTABLE.label))
+        phases = [("free", free, free_reject, self.max_failed)]
         nudged_max = max(self.max_failed, self.max_dropped)
         phases += [(f"nudged #{i + 1}", c, self.reject_nudged, nudged_max)
                    for i, c in enumerate(nudged)]
