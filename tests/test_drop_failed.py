@@ -1,4 +1,5 @@
-"""Samples whose nudged relaxations fail are dropped from the signal, not the whole update."""
+"""Samples not to learn from (a failed nudged relaxation, an unstable free equilibrium)
+leave the learning signal; the update keeps the others' (``estimator.drop_failed``)."""
 
 from __future__ import annotations
 
@@ -35,8 +36,8 @@ class PerSampleLinear(Field):
 
 
 def field_with_one_stiff_sample() -> PerSampleLinear:
-    """Three samples: two with a slow rotating mode -0.5 ± 2i, the middle one with
-    -0.5 ± 2i and a stiff mode -21, on which Euler ε 0.1 diverges (|1 - 2.1| > 1)."""
+    """Three samples with a rotating mode -0.5 ± 2i and a real one: -1 for the outer two,
+    -21 (stiff: Euler ε 0.1 diverges on it, |1 - 2.1| > 1) for the middle one."""
     g = torch.Generator().manual_seed(0)
     n = 3
     A = torch.zeros(3, n, n, dtype=torch.float64)
