@@ -254,6 +254,29 @@ def test_ema_warmup_reaches_the_full_decay_and_resumes():
     assert old.current_decay() == 0.99
 
 
+def test_the_backprop_baseline_keeps_its_moving_average(tmp_path, text_file):
+    """The feed-forward baseline's update moves the average too (it stayed at the initial
+    weights, so its validation read the untrained CE): against the recursion by hand."""
+    from eqprop.gradients.registry import EstimatorConfig
+    from eqprop.train import Trainer
+
+    cfg = tiny(text_file, tmp_path)
+    cfg = replace(cfg, model=replace(cfg.model, block="standard"),
+                  estimator=EstimatorConfig(name="backprop"),
+                  optim=replace(cfg.optim, ema_decay=0.5))
+    trainer = Trainer(cfg)
+    ref = [p.detach().clone() for p in trainer.model.parameters()]
+    for n in range(1, 5):
+        tokens, targets = trainer.corpus.get_batch("train", 4, 8, trainer.data_gen)
+        assert not trainer.train_step(tokens, targets).get("skipped")
+        d = min(0.5, (1 + n) / (10 + n))
+        ref = [d * r + (1 - d) * p.detach() for r, p in zip(ref, trainer.model.parameters(),
+                                                             strict=True)]
+    for s, r, p in zip(trainer.ema.shadow, ref, trainer.model.parameters(), strict=True):
+        torch.testing.assert_close(s, r)
+        assert not torch.equal(s, p.detach())
+
+
 def _recipe(text_file, out_dir):
     cfg = tiny(text_file, out_dir, eval_every=3)
     return replace(cfg, optim=replace(cfg.optim, ema_decay=0.5),

@@ -55,9 +55,7 @@ def backprop_step(trainer: Trainer, tokens: Tensor, targets: Tensor) -> dict[str
     lr = lr_at(trainer.step, trainer.cfg.optim, trainer.cfg.schedule)
     finite = trainer.dist.all_true(math.isfinite(ce) and math.isfinite(grad_norm))
     if finite:
-        for group in opt.param_groups:
-            group["lr"] = lr
-        opt.step()
+        trainer.optimizer_step(lr)  # and the moving average's, as in the equilibrium step
     else:
         trainer.skipped += 1
     opt.zero_grad(set_to_none=True)

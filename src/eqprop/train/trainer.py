@@ -271,17 +271,21 @@ class Trainer:
         if verdict.sound:
             self.update_filter.accept(m.host["grad_norm"])
         if verdict.apply:
-            for group in self.optimizer.param_groups:
-                group["lr"] = m.lr
-            self.optimizer.step()
-            if self.ema is not None:
-                self.ema.update()
+            self.optimizer_step(m.lr)
         elif not verdict.sound:
             self.skipped += 1
         else:
             self.guard.wall_skipped += 1
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
+
+    def optimizer_step(self, lr: float) -> None:
+        """The AdamW step at ``lr`` on the filled ``.grad``, then the moving average's."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update()
 
     def record(self, m: Measured, verdict: Verdict, *, batch: int,
                nudged: bool) -> dict[str, Any]:
