@@ -59,8 +59,8 @@ def measure(sol: Solution, loss: Tensor, nfe: dict[str, Tensor], nudged: list[So
             grad_norm: Tensor, penalties: list[Tensor], *, lr: float,
             dropped: Tensor | None = None) -> Measured:
     """Everything a step reports (free phase ``sol``, the estimator's ``loss`` and NFE,
-    the ``nudged`` phases, the gradient norm, the penalties, the samples the estimator
-    ``dropped``), in one transfer."""
+    the ``nudged`` phases, the gradient norm, the penalties, the samples ``dropped`` from
+    the signal), in one transfer."""
     scalars = {"loss": loss, "grad_norm": grad_norm,
                "res_max": sol.rel_residual.max(), "res_mean": sol.rel_residual.mean(),
                "nfe.free": sol.nfe.float().mean()}
