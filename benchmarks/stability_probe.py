@@ -63,7 +63,7 @@ def probe_run(path: str, samples: int, split: str, average: bool, device: str) -
         ulp = torch.finfo(z.dtype).eps
         est = {}
         for label, start, m in ESTIMATES:
-            v0 = probe(z) if start == "random" else start_vector(f, probe(z))
+            v0 = probe(z) if start == "random" else start_vector(f)
             est[label] = ritz(arnoldi(field, z, f, v0, m), ulp, m)
         now = check_relaxation(field, sol, None, "always", f=f)  # the library's check
     conv = sol.status == Status.CONVERGED

@@ -19,8 +19,9 @@ from torch import Tensor
 
 from ..fields import Field
 from ..solvers.base import Solution
+from ..solvers.status import Status
 
-__all__ = ["Estimator", "EstimatorResult", "drop_samples", "surrogate"]
+__all__ = ["Estimator", "EstimatorResult", "drop_failed", "drop_samples", "surrogate"]
 
 
 @dataclass
@@ -66,6 +67,14 @@ def drop_samples(result: EstimatorResult, field: Field, z_star: Tensor,
         raise ValueError("drop_samples: the estimate has no learning signal to drop samples from")
     s = torch.where(drop.view(-1, *(1,) * (s.dim() - 1)), torch.zeros_like(s), s)
     return replace(result, surrogate=surrogate(field, z_star, s), signal=s, dropped=drop)
+
+
+def drop_failed(result: EstimatorResult, field: Field, free: Solution) -> EstimatorResult:
+    """:func:`drop_samples` of the samples not to learn from: a free equilibrium the
+    stability check found unstable (``free``, the free phase's solution at ``free.z``) or
+    a nudged relaxation of ``result`` that failed."""
+    bad = [free.status == Status.UNSTABLE, *(v.failed for v in result.solutions.values())]
+    return drop_samples(result, field, free.z, torch.stack(bad).any(0))
 
 
 class Estimator(ABC):

@@ -121,7 +121,7 @@ def probe(z: Tensor) -> Tensor:
     return v / sample_norm(v)[:, None]
 
 
-def start_vector(f: Tensor, p: Tensor) -> Tensor:
+def start_vector(f: Tensor, p: Tensor | None = None) -> Tensor:
     """The Arnoldi start vector ``(B, N)`` unit rows: the residual direction
     ``F(z)/‖F(z)‖`` plus ``PROBE_WEIGHT`` times the unit probe ``p`` (:func:`probe`),
     the probe alone where ``F(z)`` is zero or not finite. Device work only (it is
@@ -129,8 +129,9 @@ def start_vector(f: Tensor, p: Tensor) -> Tensor:
 
     Args:
         f: ``F(z)`` ``(B, ...)``.
-        p: ``probe(z)`` ``(B, N)``.
+        p: ``probe(f)`` ``(B, N)`` when None; a captured check passes its own buffer.
     """
+    p = probe(f) if p is None else p
     ff = _flat(f).to(p.dtype)
     n = sample_norm(ff)  # (B,)
     ok = torch.isfinite(n) & (n > 0)
@@ -232,7 +233,7 @@ def leading_mode(F: FieldFn, z: Tensor, m: int = KRYLOV_DIM) -> tuple[Tensor, Te
     with torch.no_grad(), torch.autocast(z.device.type, enabled=False):
         m = min(m, _flat(z).shape[1])
         f = F(z)
-        kr = arnoldi(F, z, f, start_vector(f, probe(z)), m)
+        kr = arnoldi(F, z, f, start_vector(f), m)
         theta, Y, *_ = _ritz_pairs(kr)
         # columns past a sample's basis carry -C (never the rightmost)
         lead = theta.real.argmax(1)  # (B,)
@@ -250,7 +251,7 @@ def _leading_real(F: FieldFn, z: Tensor, f: Tensor | None, m: int) -> StabilityE
     if f is None or f.dtype != z.dtype:
         f, evals = F(z), 1
     m = min(m, _flat(z).shape[1])
-    kr = arnoldi(F, z, f, start_vector(f, probe(z)), m)
+    kr = arnoldi(F, z, f, start_vector(f), m)
     return ritz(kr, torch.finfo(z.real.dtype).eps, evals + m)
 
 

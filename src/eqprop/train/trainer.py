@@ -30,10 +30,10 @@ from tqdm.auto import tqdm
 
 from ..data import Vocab, load_corpus
 from ..errors import ConfigError
-from ..gradients.base import drop_samples
+from ..gradients.base import drop_failed
 from ..gradients.registry import BACKPROP, build_estimator
 from ..models import LMField, StandardLM, build_model
-from ..solvers import Solution, Status
+from ..solvers import Solution
 from ..solvers.registry import build_relaxation, build_solver
 from ..solvers.relaxation import Relaxation
 from .backprop import backprop_step, evaluate_forward
@@ -206,8 +206,7 @@ class Trainer:
         sol = self.relax(field)
         result = self.estimator.estimate(field, sol.z)  # the surrogate: backward() fills .grad
         if self.cfg.estimator.drop_failed:  # samples not to learn from: out of the signal
-            bad = [sol.status == Status.UNSTABLE, *(v.failed for v in result.solutions.values())]
-            result = drop_samples(result, field, sol.z, torch.stack(bad).any(0))
+            result = drop_failed(result, field, sol)
         penalties = self.penalties(field, sol)
         grad_norm = self.backward(result.surrogate, penalties)
         nudged = list(result.solutions.values())
