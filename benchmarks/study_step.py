@@ -12,6 +12,9 @@ trained by backprop with the same fused AdamW. Reported per kind: the median ste
 F-equivalent evaluation, the ratio to the standard step, and ``wall / kernels``: the
 step's wall time over the summed time of its GPU kernels (profiled on an eager
 replica of the same step, since kernels inside replayed graphs are not profiled).
+``--top N`` adds, from the same profile, the kernels' time per phase of the step (the
+ranges :data:`~eqprop.train.trainer.STEP_PHASES` of ``train_step``) and its N costliest
+kernels.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import torch
 
 from eqprop.models.standard import StandardLM
 from eqprop.train.configio import config_from_dict, load_config_file
-from eqprop.train.trainer import Trainer
+from eqprop.train.trainer import STEP_PHASES, Trainer
 
 KINDS = ("asymep", "ift", "bptt", "standard", "asymep-eager", "asymep-unchecked",
          "ift-anderson")
@@ -63,18 +66,35 @@ def bench_config(path: str, out: Path, device: str):
                    eval=replace(cfg.eval, every=0), tracking=replace(cfg.tracking, every=0))
 
 
-def _kernel_ms(step, dev: torch.device) -> float:
-    """Summed device time of the kernels of one call of ``step`` (CPU: its ops' own time)."""
+def _kernels(step, dev: torch.device, top: int = 0) -> dict:
+    """The device time of one call of ``step`` (CPU: its ops' own time), in ms: ``total``,
+    per phase of :data:`~eqprop.train.trainer.STEP_PHASES` (``phases``, each range's
+    kernels with those of its children) and the ``top`` kernels by summed time
+    (``kernels``: name, ms, calls)."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    cuda = dev.type == "cuda"
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=acts) as prof:
         step()
         sync(dev)
-    kind = DeviceType.CUDA if dev.type == "cuda" else DeviceType.CPU
-    return sum(e.self_device_time_total if kind == DeviceType.CUDA else e.self_cpu_time_total
-               for e in prof.key_averages() if e.device_type == kind) / 1e3
+    kind = DeviceType.CUDA if cuda else DeviceType.CPU
+
+    def own(e) -> float:
+        return (e.self_device_time_total if cuda else e.self_cpu_time_total) / 1e3
+
+    avg = prof.key_averages()
+    # on CUDA the phases' ranges reappear as device events (not kernels: left out); on
+    # CPU a range's own time (the host code between its ops) belongs to the step
+    events = [e for e in avg if e.device_type == kind and own(e) > 0
+              and not (cuda and e.key in STEP_PHASES)]
+    kernels = sorted((e for e in events if e.key not in STEP_PHASES), key=own, reverse=True)
+    ranges = {e.key: e for e in avg if e.key in STEP_PHASES}
+    phases = {name: (ranges[name].device_time_total if cuda else ranges[name].cpu_time_total)
+              / 1e3 for name in STEP_PHASES if name in ranges}
+    return {"total": sum(own(e) for e in events), "phases": phases,
+            "kernels": [(e.key, own(e), e.count) for e in kernels[:top]]}
 
 
 def _eager(cfg):
@@ -105,8 +125,9 @@ def _off_path(tr: Trainer, batch) -> dict[str, float]:
     return out
 
 
-def bench(cfg, kind: str, warmup: int, repeats: int) -> dict:
-    """One kind of step: median ms, NFE per phase, wall over kernels."""
+def bench(cfg, kind: str, warmup: int, repeats: int, top: int = 0) -> dict:
+    """One kind of step: median ms, NFE per phase, wall over kernels (and the kernels'
+    time per phase of the step and the ``top`` kernels)."""
     est = kind.split("-")[0]
     c = replace(cfg, estimator=replace(cfg.estimator, name="asymep" if est == "standard"
                                        else est))
@@ -150,9 +171,10 @@ def bench(cfg, kind: str, warmup: int, repeats: int) -> dict:
         tr_e = Trainer(_eager(c))
         tr_e.model.load_state_dict(tr.model.state_dict())
         tr_e.train_step(*batches[-1])
-        kern = _kernel_ms(lambda: tr_e.train_step(*batches[-1]), dev)
+        prof = _kernels(lambda: tr_e.train_step(*batches[-1]), dev, top)
     else:
-        kern = _kernel_ms(lambda: step(*batches[-1]), dev)
+        prof = _kernels(lambda: step(*batches[-1]), dev, top)
+    kern = prof["total"]
     ms = statistics.median(times)
     total = sum(nfe.values())
     off = _off_path(tr, batches[-1]) if kind == "asymep" else {}
@@ -160,7 +182,29 @@ def bench(cfg, kind: str, warmup: int, repeats: int) -> dict:
             "p90_ms": sorted(times)[int(0.9 * len(times))],
             "nfe": nfe, "nfe_total": total, "ms_per_f": ms / total if total else float("nan"),
             "kernel_ms": kern, "wall_over_kernels": ms / kern if kern else float("nan"),
+            "phase_ms": prof["phases"], "top_kernels": prof["kernels"],
             "train_ce": recs[-1].get("train_ce")}
+
+
+def breakdown(rows: list[dict]) -> list[str]:
+    """Markdown: the kernels' ms per phase of each equilibrium step, and its top kernels."""
+    eq = [r for r in rows if r["phase_ms"]]
+    if not eq:
+        return []
+    lines = ["", "Kernels' time per phase of the step (ms, the eager replica's profile; a "
+             "phase holds the kernels of its calls, e.g. `eqprop.free` the free relaxation "
+             "and its stability check):", "",
+             "| step | " + " | ".join(p.removeprefix("eqprop.") for p in STEP_PHASES)
+             + " | rest | total |", "|---|" + "---|" * (len(STEP_PHASES) + 2)]
+    for r in eq:
+        ph = [r["phase_ms"].get(p, 0.0) for p in STEP_PHASES]
+        lines.append(f"| {r['kind']} | " + " | ".join(f"{v:.1f}" for v in ph)
+                     + f" | {r['kernel_ms'] - sum(ph):.1f} | {r['kernel_ms']:.1f} |")
+    for r in eq:
+        lines += ["", f"Top kernels of `{r['kind']}` (ms summed over the step, calls):", "",
+                  "| kernel | ms | calls |", "|---|---|---|"]
+        lines += [f"| `{name[:90]}` | {ms:.2f} | {n} |" for name, ms, n in r["top_kernels"]]
+    return lines
 
 
 def main() -> None:
@@ -171,13 +215,16 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--repeats", type=int, default=50)
     p.add_argument("--device", default="auto")
+    p.add_argument("--top", type=int, default=0,
+                   help="also tabulate the kernels' time per phase of the step and the "
+                        "TOP kernels by summed time (from the eager replica's profile)")
     a = p.parse_args()
     kinds = a.kinds.split(",")
     if bad := [k for k in kinds if k not in KINDS]:
         p.error(f"--kinds {','.join(bad)}: allowed values are {','.join(KINDS)}")
     out = Path(a.out)
     cfg = bench_config(a.config, out, a.device)
-    rows = [bench(cfg, k, a.warmup, a.repeats) for k in kinds]
+    rows = [bench(cfg, k, a.warmup, a.repeats, a.top) for k in kinds]
     dev = torch.cuda.get_device_name() if torch.cuda.is_available() and a.device != "cpu" \
         else "CPU"
     std = next((r["median_ms"] for r in rows if r["kind"] == "standard"), None)
@@ -213,6 +260,8 @@ def main() -> None:
                       f"{cfg.eval.batch_size}, with the reference solve), checkpoint "
                       f"{o['checkpoint']:.3f}, stability tracking {o['tracking']:.2f} "
                       f"({cfg.tracking.samples} samples, ARPACK)."]
+    if a.top:
+        lines += breakdown(rows)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
     out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")

@@ -78,3 +78,25 @@ def test_stability_probe_agrees_with_the_dense_spectrum_on_a_tiny_run(tmp_path):
     torch.testing.assert_close(whole, dense, atol=2e-2, rtol=0)
     table = probe.table([r])
     assert table.count("\n") == 3 and f"| {tmp_path / 'runs' / 'r'} (8) | 2/2 |" in table
+
+
+def test_study_step_breaks_the_step_into_its_phases(tmp_path):
+    """The phases of ``Trainer.train_step`` cover its profiled time without overlap."""
+    study = _script("study_step")
+    cfg_file = tmp_path / "tiny.toml"
+    cfg_file.write_text('[model]\nd_model = 16\nn_heads = 2\nd_ff = 32\nseq_len = 16\n'
+                        '[data]\nbatch_size = 4\n[solver]\nname = "anderson"\ntol = 1e-3\n'
+                        'max_steps = 40\n[estimator]\nname = "asymep"\n'
+                        '[regularizer]\nname = "abscissa"\nweight = 1.0\nsamples = 2\n')
+    cfg = study.bench_config(str(cfg_file), tmp_path / "out.md", "cpu")
+    row = study.bench(cfg, "asymep", warmup=1, repeats=1, top=4)
+    phases, total = row["phase_ms"], row["kernel_ms"]
+    assert set(phases) == set(study.STEP_PHASES)
+    assert all(phases[p] > 0 for p in ("eqprop.free", "eqprop.estimate", "eqprop.penalties",
+                                       "eqprop.backward"))
+    # disjoint ranges: their sum is the step's time less what runs outside them
+    assert 0.8 * total < sum(phases.values()) <= total * (1 + 1e-9)
+    top = row["top_kernels"]
+    assert len(top) == 4 and all(name not in study.STEP_PHASES for name, _, _ in top)
+    assert [ms for _, ms, _ in top] == sorted((ms for _, ms, _ in top), reverse=True)
+    assert "| step | free | estimate |" in "\n".join(study.breakdown([row]))

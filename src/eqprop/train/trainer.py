@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.profiler import record_function
 from tqdm.auto import tqdm
 
 from ..data import Vocab, load_corpus
@@ -67,7 +68,14 @@ from .summary import TrainSummary, summarize
 from .trainer_state import restore_trainer, save_trainer
 from .update_filter import UpdateFilter
 
-__all__ = ["Penalty", "Tracker", "TrainSummary", "Trainer"]
+__all__ = ["STEP_PHASES", "Penalty", "Tracker", "TrainSummary", "Trainer"]
+
+#: the profiler ranges (``torch.profiler.record_function``) of one ``Trainer.train_step``,
+#: in order: the free phase (with its stability check), the estimator (nudged phases or
+#: adjoint, and the surrogate), the penalties, the backward pass, the one host transfer
+#: and the update, the spectrum tracking when due
+STEP_PHASES = ("eqprop.free", "eqprop.estimate", "eqprop.penalties", "eqprop.backward",
+               "eqprop.update", "eqprop.track")
 
 
 class Trainer:
@@ -203,21 +211,27 @@ class Trainer:
         t0 = time.perf_counter()
         self.model.train()
         field = self.model.field(tokens, targets)
-        sol = self.relax(field)
-        result = self.estimator.estimate(field, sol.z)  # the surrogate: backward() fills .grad
-        if self.cfg.estimator.drop_failed:  # samples not to learn from: out of the signal
-            result = drop_failed(result, field, sol)
-        penalties = self.penalties(field, sol)
-        grad_norm = self.backward(result.surrogate, penalties)
-        nudged = list(result.solutions.values())
-        m = measure(sol, result.loss, result.nfe, nudged, grad_norm, penalties,  # one transfer
-                    lr=lr_at(self.step, self.cfg.optim, self.cfg.schedule),
-                    dropped=result.dropped)
-        verdict = self.judge(m)  # decide: is the update sound, does the guard let it through
-        self.update(verdict, m)  # apply it (or count the skip)
+        with record_function("eqprop.free"):  # named for the profiler (STEP_PHASES)
+            sol = self.relax(field)
+        with record_function("eqprop.estimate"):  # the surrogate: backward() fills .grad
+            result = self.estimator.estimate(field, sol.z)
+            if self.cfg.estimator.drop_failed:  # samples not to learn from: out of the signal
+                result = drop_failed(result, field, sol)
+        with record_function("eqprop.penalties"):
+            penalties = self.penalties(field, sol)
+        with record_function("eqprop.backward"):
+            grad_norm = self.backward(result.surrogate, penalties)
+        with record_function("eqprop.update"):
+            nudged = list(result.solutions.values())
+            m = measure(sol, result.loss, result.nfe, nudged, grad_norm,  # one transfer
+                        penalties, lr=lr_at(self.step, self.cfg.optim, self.cfg.schedule),
+                        dropped=result.dropped)
+            verdict = self.judge(m)  # is the update sound, does the guard let it through
+            self.update(verdict, m)  # apply it (or count the skip)
         record = self.record(m, verdict, batch=tokens.shape[0], nudged=bool(nudged))
         z_star = sol.z.detach()
-        record.update(self.track(field, z_star))
+        with record_function("eqprop.track"):
+            record.update(self.track(field, z_star))
         record = self.settle(record, self.decide(record, field, z_star, m.host["nfe.free"]))
         record["step_time"] = time.perf_counter() - t0
         return record
