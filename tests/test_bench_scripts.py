@@ -100,3 +100,23 @@ def test_study_step_breaks_the_step_into_its_phases(tmp_path):
     assert len(top) == 4 and all(name not in study.STEP_PHASES for name, _, _ in top)
     assert [ms for _, ms, _ in top] == sorted((ms for _, ms, _ in top), reverse=True)
     assert "| step | free | estimate |" in "\n".join(study.breakdown([row]))
+
+
+def test_nudge_probe_matches_the_exact_adjoint_at_small_beta(tmp_path):
+    from eqprop.cli.main import main
+    from tests.helpers import train_args, write_text
+
+    assert main(train_args(write_text(tmp_path), tmp_path / "runs", "r")) == 0
+    probe = _script("nudge_probe")
+    r = probe.probe_run(str(tmp_path / "runs" / "r"), [1e-2, 8.0], 2, "cpu")
+    small, large = r["rows"]
+    assert r["estimator"] == "asymep" and r["free_converged"] == 2
+    assert small["phases"] == 2 and sum(small["counts"].values()) == 4
+    assert small["counts"][probe.Status.CONVERGED] == 4
+    # AsymEP is exact as β → 0 (its error O(β²)): at β 0.01 it is the adjoint's gradient
+    assert small["cos"] > 0.9999  # measured 1 - 1.5e-5
+    assert large["cos"] < 0.999  # a large nudge leaves the linear regime (1 - 9e-3)
+    table = probe.table([r])
+    assert table.count("\n") == 3 and "| 0.01 | 4/4 | 0/4 |" in table
+    with pytest.raises(argparse.ArgumentTypeError, match="every β must be > 0"):
+        probe._betas("0.5,-1")

@@ -1,0 +1,119 @@
+"""Do the nudged phases settle, and how good is their gradient, as β varies? At a run's
+checkpoint, against the exact adjoint.
+
+    python benchmarks/nudge_probe.py RUN [RUN ...] [--betas 0.5,0.2,0.1] [--samples 16]
+        [--device cpu] [--out table.md]
+
+For each run: relaxes ``--samples`` training sequences with the run's free phase (its
+raw parameters, what training relaxes), computes the exact gradient by IFT (the adjoint
+``A⁻ᵀ∇L`` by GMRES to 1e-8), then for each β runs the run's own estimator (AsymEP or EP,
+its nudged solver, tolerance and budget) and reports the nudged phases' outcomes
+(converged, still contracting or cycling at the budget, diverged) and NFE, and the
+estimate's cosine to the exact gradient. Large β leaves the linear regime of the nudged
+dynamics (their relaxations diverge); small β asks the nudged tolerance, which is relative
+to the nudge ``β‖∇L‖``, to resolve a smaller displacement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from eqprop.data import load_corpus
+from eqprop.gradients import gradient_cosine
+from eqprop.gradients.fidelity import estimate_grads
+from eqprop.gradients.registry import build_estimator
+from eqprop.solvers import Status
+from eqprop.solvers.registry import build_relaxation
+from eqprop.train import load_run
+
+#: the outcomes tabulated, in order (a nudged phase never reads unstable: it is not checked)
+OUTCOMES = (Status.CONVERGED, Status.CONTRACTING, Status.CYCLING, Status.DIVERGED,
+            Status.NONFINITE)
+
+
+def probe_run(path: str, betas: list[float], samples: int, device: str) -> dict:
+    """One run's rows: per β the nudged outcomes (summed over the phases), the mean NFE per
+    phase and the cosine to IFT."""
+    run = load_run(path, device=device, average=False)
+    cfg = run.config
+    corpus = load_corpus(cfg.data, seq_len=cfg.model.seq_len, vocab=run.vocab)
+    tokens, targets = corpus.get_batch("train", samples, cfg.model.seq_len,
+                                       generator=torch.Generator().manual_seed(0))
+    field = run.model.field(tokens.to(device), targets.to(device))
+    free = build_relaxation(replace(cfg.solver, capture=False))
+    sol = free.run(field, field.initial_state())
+    z = sol.z.detach()
+    ift = build_estimator(replace(cfg.estimator, name="ift", ift_tol=1e-8), cfg.solver)
+    exact, _ = estimate_grads(run.model, field, z, ift)
+    rows = []
+    for beta in betas:
+        est_cfg = replace(cfg.estimator, beta=beta,
+                          nudge=replace(cfg.estimator.nudge, capture=False))
+        t0 = time.perf_counter()
+        grads, res = estimate_grads(run.model, field, z, build_estimator(est_cfg, cfg.solver))
+        phases = list(res.solutions.values())
+        counts = {s: sum(int((p.status == s).sum()) for p in phases) for s in OUTCOMES}
+        rows.append({"beta": beta, "counts": counts, "phases": len(phases),
+                     "nfe": sum(float(p.nfe.float().mean()) for p in phases) / len(phases),
+                     "cos": gradient_cosine(grads, exact)[0],
+                     "seconds": time.perf_counter() - t0})
+    return {"run": path, "step": run.step, "estimator": cfg.estimator.name,
+            "samples": samples, "free_converged": int((sol.status == Status.CONVERGED).sum()),
+            "rows": rows}
+
+
+def table(results: list[dict]) -> str:
+    """Markdown: one row per run and β."""
+    head = " | ".join(s.name.lower() for s in OUTCOMES)
+    lines = [f"| run (step) | free converged | β | nudged {head} | NFE per phase "
+             "| cos to IFT | s |", "|---|---|---|" + "---|" * (len(OUTCOMES) + 3)]
+    for r in results:
+        for row in r["rows"]:
+            n = r["samples"] * row["phases"]
+            cells = " | ".join(f"{row['counts'][s]}/{n}" for s in OUTCOMES)
+            lines.append(f"| {r['run']} ({r['step']}) | {r['free_converged']}/{r['samples']} "
+                         f"| {row['beta']:g} | {cells} | {row['nfe']:.0f} | "
+                         f"{row['cos']:.4f} | {row['seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def _betas(text: str) -> list[float]:
+    try:
+        out = [float(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected numbers > 0 separated by commas "
+                                         "(e.g. 0.5,0.2,0.1)") from None
+    if not out or not all(b > 0 for b in out):
+        raise argparse.ArgumentTypeError(f"{text!r}: every β must be > 0")
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("runs", nargs="+", help="run directories with a checkpoint")
+    p.add_argument("--betas", type=_betas, default=[0.5, 0.2, 0.1])
+    p.add_argument("--samples", type=int, default=16)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default=None, help="markdown file to append to (default: print)")
+    a = p.parse_args()
+    if a.samples < 1:
+        p.error(f"--samples {a.samples}: must be ≥ 1")
+    results = []
+    for path in a.runs:
+        results.append(probe_run(path, a.betas, a.samples, a.device))
+        print(f"{path}: step {results[-1]['step']} done", flush=True)
+    text = (f"{a.samples} training sequences, raw parameters, device {a.device}, torch "
+            f"{torch.__version__}\n\n" + table(results))
+    print(text)
+    if a.out:
+        with Path(a.out).open("a", encoding="utf-8") as fh:
+            fh.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
