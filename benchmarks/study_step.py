@@ -90,11 +90,21 @@ def _kernels(step, dev: torch.device, top: int = 0) -> dict:
     events = [e for e in avg if e.device_type == kind and own(e) > 0
               and not (cuda and e.key in STEP_PHASES)]
     kernels = sorted((e for e in events if e.key not in STEP_PHASES), key=own, reverse=True)
-    ranges = {e.key: e for e in avg if e.key in STEP_PHASES}
-    phases = {name: (ranges[name].device_time_total if cuda else ranges[name].cpu_time_total)
-              / 1e3 for name in STEP_PHASES if name in ranges}
+    phases: dict[str, float] = {}
+    for e in prof.events():  # each range once per step
+        if e.name in STEP_PHASES:
+            ms = _kernels_under(e) if cuda else e.cpu_time_total / 1e3
+            phases[e.name] = phases.get(e.name, 0.0) + ms
     return {"total": sum(own(e) for e in events), "phases": phases,
             "kernels": [(e.key, own(e), e.count) for e in kernels[:top]]}
+
+
+def _kernels_under(event) -> float:
+    """ms of the kernels launched under a profiled CPU event and its children. The
+    profiler's own ``device_time_total`` would also count the range's span on the device
+    (its annotation, idle gaps included), so the annotations are left out here."""
+    own = sum(k.duration for k in event.kernels if k.name not in STEP_PHASES)
+    return own / 1e3 + sum(_kernels_under(c) for c in event.cpu_children)
 
 
 def _eager(cfg):
