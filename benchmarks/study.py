@@ -116,8 +116,8 @@ CATALOGUE: tuple[Arm, ...] = (
         f"{_phases('newton', '', 30, sync=True)} {A_NUDGE}", figures=("cosine",)),
     Arm("abscissa", "ctrl", "the recipe (configs/study_abscissa.toml): hinge, Anderson m 20, EMA",
         f"{_phases('anderson', 'eps 0.25,m 20', 1000, 150)} --regularizer.name abscissa "
-        "--regularizer.weight 100.0 --regularizer.margin 0.5 --regularizer.samples 16 "
-        "--optim.ema-decay 0.999 --estimator.drop-failed 0.05",
+        "--regularizer.weight 10.0 --regularizer.margin 0.1 --regularizer.samples 16 "
+        "--optim.ema-decay 0.999 --estimator.beta 0.2 --estimator.drop-failed 0.05",
         figures=("cosine", "damping")),
     Arm("ift", "ctrl", "the exact gradient (IFT) with Euler ε 0.1: is the wall AsymEP's?",
         f"{EULER} --estimator.name ift"),

@@ -27,7 +27,8 @@ def test_abscissa_recipe_is_the_study_size_with_the_hinge_and_a_deep_anderson_hi
     assert cfg.model == base.model and cfg.data == base.data
     assert cfg.optim == replace(base.optim, ema_decay=0.999)
     r = cfg.regularizer
-    assert (r.name, r.weight, r.margin, r.samples) == ("abscissa", 100.0, 0.5, 16)
+    assert (r.name, r.weight, r.margin, r.samples) == ("abscissa", 10.0, 0.1, 16)
+    assert cfg.estimator.beta == 0.2 and base.estimator.beta == 0.5
     for phase in (cfg.solver, cfg.estimator.nudge):
         assert (phase.anderson.eps, phase.anderson.m) == (0.25, 20)
     assert (cfg.solver.max_steps, cfg.estimator.nudge.max_steps) == (1000, 150)
