@@ -19,10 +19,10 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import torch
 
+from eqprop.bench.output import emit
 from eqprop.data import load_corpus
 from eqprop.gradients import gradient_cosine
 from eqprop.gradients.fidelity import estimate_grads
@@ -109,10 +109,7 @@ def main() -> None:
         print(f"{path}: step {results[-1]['step']} done", flush=True)
     text = (f"{a.samples} training sequences, raw parameters, device {a.device}, torch "
             f"{torch.__version__}\n\n" + table(results))
-    print(text)
-    if a.out:
-        with Path(a.out).open("a", encoding="utf-8") as fh:
-            fh.write(text + "\n")
+    emit(text, a.out)
 
 
 if __name__ == "__main__":

@@ -19,10 +19,10 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import torch
 
+from eqprop.bench.output import emit
 from eqprop.data import load_corpus
 from eqprop.diagnostics.spectrum import spectrum
 from eqprop.solvers import Status
@@ -114,10 +114,7 @@ def main() -> None:
               f"{r['check_unstable']}", flush=True)
     text = (f"{a.samples} {a.split} sequences, {'moving average' if a.average else 'raw'} "
             f"parameters, device {a.device}\n\n" + table(rows))
-    print(text)
-    if a.out:
-        with Path(a.out).open("a", encoding="utf-8") as fh:
-            fh.write(text + "\n")
+    emit(text, a.out)
 
 
 if __name__ == "__main__":
