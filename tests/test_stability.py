@@ -339,3 +339,49 @@ def test_the_check_starts_from_the_residual_and_finds_a_hopf_pair_a_random_start
     checked = check_relaxation(F, sol, None, "always", f=f)
     assert checked.max_real.item() == pytest.approx(0.05, abs=1e-3)
     assert checked.status.tolist() == [int(Status.UNSTABLE)]
+
+
+def _reference_verdict(H: torch.Tensor, k: torch.Tensor, ulp: float) -> torch.Tensor:
+    """The check's rule from every Ritz pair (``torch.linalg.eig``: values and vectors)."""
+    m = H.shape[2]
+    B = H.shape[0]
+    theta, Y = torch.linalg.eig(H[:, :m])
+    rows, last = torch.arange(B), k - 1
+    resid = H[rows, last + 1, last].abs()[:, None] * Y[rows, last, :].abs()
+    margin = 10 * math.sqrt(ulp) * theta.abs().amax(1).clamp_min(1.0)
+    return (theta.real - resid).amax(1) > margin
+
+
+def test_ritz_vectors_and_the_verdict_match_the_full_eigendecomposition():
+    """Inverse iteration on the candidates right of the axis gives the verdict that every
+    Ritz pair (values and vectors) gives, on Hessenberg matrices with planted spectra."""
+    from eqprop.solvers.stability import Krylov, ritz, ritz_vectors
+
+    g = torch.Generator().manual_seed(0)
+    B, m = 24, 16
+    H = torch.zeros(B, m + 1, m, dtype=torch.float64)
+    for b in range(B):
+        # damped modes, weakly coupled (unreduced), and a rotating pair a ± 2i in the last
+        # two columns: its Ritz vector lies there, so the coupling out of the space sets
+        # its residual
+        a = (b % 6 - 2) * 0.05  # -0.1 ... +0.15
+        Hb = 0.1 * torch.triu(torch.rand(m, m, generator=g, dtype=torch.float64), 1)
+        Hb += torch.diag(-1.0 - torch.rand(m, generator=g, dtype=torch.float64))
+        Hb += torch.diag(torch.full((m - 1,), 0.1, dtype=torch.float64), -1)
+        Hb[m - 2:, m - 2:] = torch.tensor([[a, 2.0], [-2.0, a]], dtype=torch.float64)
+        H[b, :m] = Hb
+        H[b, m, m - 1] = 0.5 * (b % 2)  # the coupling: odd samples' residual ~0.35 > a
+    k = torch.full((B,), m)
+    theta, Y = torch.linalg.eig(H[:, :m])
+    y = ritz_vectors(H[:, :m], theta[:, 0])
+    # the same eigenvector up to a phase
+    overlap = (Y[:, :, 0].conj() * y).sum(1).abs()
+    torch.testing.assert_close(overlap, torch.ones(B, dtype=torch.float64), atol=1e-9, rtol=0)
+    ulp = torch.finfo(torch.float32).eps
+    est = ritz(Krylov(H, k, torch.zeros(B, m + 1, 1)), ulp, m)
+    want = _reference_verdict(H, k, ulp)
+    assert want.any() and not want.all()  # the planted set has both verdicts
+    # and right of the axis by less than the residual (the inverse iteration decides)
+    assert ((est.max_real > 0.01) & ~want).any()
+    assert torch.equal(est.unstable, want)
+    torch.testing.assert_close(est.max_real, theta.real.amax(1), atol=1e-12, rtol=0)

@@ -47,7 +47,7 @@ from .status import Status
 
 __all__ = ["KRYLOV_DIM", "MODES", "Krylov", "StabilityEstimate", "arnoldi", "assess_stability",
            "check_mask", "check_mode", "check_relaxation", "checks", "leading_mode", "leading_real",
-           "probe", "ritz", "start_vector"]
+           "probe", "ritz", "ritz_vectors", "start_vector"]
 
 #: when relax checks stability: root finders' converged samples, every sample, never
 MODES = ("auto", "always", "never")
@@ -183,37 +183,61 @@ def arnoldi(F: FieldFn, z: Tensor, f: Tensor, v0: Tensor, m: int) -> Krylov:
     return Krylov(H, k, V)
 
 
-def _ritz_pairs(kr: Krylov) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Ritz values and vectors of ``kr`` on the CPU (small dense eigenproblems; on CUDA
-    ``torch.linalg.eig`` is far slower): ``(theta (B, m), Y (B, m, m), H, k, finite)``,
-    H and k on the CPU."""
-    H, k = kr.H.cpu(), kr.k.cpu()  # one transfer: (B, m+1, m), (B,)
+def _hessenberg(kr: Krylov) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The square Hessenberg matrices of ``kr`` on the CPU (small dense eigenproblems; on
+    CUDA ``torch.linalg.eig`` is far slower), padded past each sample's basis by a block
+    ``-C`` on the diagonal (never the rightmost value): ``(Hm (B, m, m), H (B, m+1, m), k
+    (B,), finite (B,))`` after one transfer."""
+    H, k = kr.H.cpu(), kr.k.cpu()
     m = H.shape[2]
     finite = torch.isfinite(H.abs().sum((1, 2)))  # (B,)
     H = torch.where(finite[:, None, None], H, torch.zeros_like(H))
     idx = torch.arange(m)
     valid = idx[None, :] < k[:, None]  # (B, m)
     Hm = torch.where(valid[:, :, None] & valid[:, None, :], H[:, :m, :], torch.zeros_like(H[:, :m]))
-    # columns past a sample's basis: a block -C on the diagonal (never the leading value)
     C = 1.0 + 2.0 * Hm.abs().amax((1, 2))  # (B,)
     Hm = Hm + torch.diag_embed(torch.where(valid, 0.0, -C[:, None]).to(Hm.dtype))
-    theta, Y = torch.linalg.eig(Hm)  # (B, m), (B, m, m) unit columns
-    return theta, Y, H, k, finite
+    return Hm, H, k, finite
+
+
+def ritz_vectors(Hm: Tensor, theta: Tensor) -> Tensor:
+    """Unit eigenvectors of ``Hm`` ``(c, m, m)`` for its eigenvalues ``theta`` ``(c,)``, by two
+    steps of inverse iteration: ``(c, m)`` complex128.
+
+    A batch of small dense eigenproblems costs half as much for the values alone
+    (``torch.linalg.eigvals`` against ``eig``), and the check needs the vectors of only the
+    Ritz values right of the axis (the hinge: of the rightmost one). The shift
+    ``θ + 1e-10·max|Hm|`` keeps the solve nonsingular while the eigenvector's component
+    grows by ~1e10 a step.
+    """
+    A = Hm.to(torch.complex128)
+    c, m = A.shape[0], A.shape[1]
+    scale = A.abs().amax((1, 2)).clamp_min(1.0)  # (c,)
+    shift = (theta.to(torch.complex128) + 1e-10 * scale)[:, None, None]
+    M = A - shift * torch.eye(m, dtype=A.dtype)
+    y = torch.ones(c, m, 1, dtype=A.dtype) / math.sqrt(m)
+    for _ in range(2):
+        y = torch.linalg.solve(M, y)
+        y = y / torch.linalg.vector_norm(y, dim=1, keepdim=True)
+    return y[..., 0]
 
 
 def ritz(kr: Krylov, ulp: float, evals: int) -> StabilityEstimate:
     """The verdict from the Ritz values of ``kr`` (see the module docstring), returned on
     ``kr``'s device. ``ulp``: the state's unit round-off."""
     device = kr.H.device
-    theta, Y, H, k, finite = _ritz_pairs(kr)
-    B = H.shape[0]
-    last = (k - 1).clamp_min(0)  # (B,) index of the last basis column
-    rows = torch.arange(B)
-    beta = H[rows, last + 1, last].abs()  # (B,) coupling out of the Krylov space
-    resid = beta[:, None] * Y[rows, last, :].abs()  # (B, m) Ritz residuals
+    Hm, H, k, finite = _hessenberg(kr)
+    theta = torch.linalg.eigvals(Hm)  # (B, m)
     re = theta.real.to(torch.float64)
     margin = 10 * math.sqrt(ulp) * theta.abs().amax(1).clamp_min(1.0)  # (B,)
-    unstable = ((re - resid).amax(1) > margin) & finite & (k > 0)
+    # Re θ_i - r_i > margin needs Re θ_i > margin: only those Ritz values need their
+    # residual r_i = β_k |e_kᵀ y_i| (β_k the coupling out of the Krylov space)
+    b, i = torch.nonzero((re > margin[:, None]) & (finite & (k > 0))[:, None], as_tuple=True)
+    last = (k[b] - 1).clamp_min(0)  # (c,) index of each candidate's last basis column
+    y = ritz_vectors(Hm[b], theta[b, i])  # (c, m)
+    resid = H[b, last + 1, last].abs() * y[torch.arange(b.numel()), last].abs()  # (c,)
+    excess = torch.zeros_like(re).index_put_((b, i), re[b, i] - resid)  # (B, m)
+    unstable = (excess > margin[:, None]).any(1)
     max_real = torch.where(finite & (k > 0), re.amax(1), torch.full_like(margin, math.nan))
     return StabilityEstimate(max_real.to(device), unstable.to(device), evals)
 
@@ -234,11 +258,11 @@ def leading_mode(F: FieldFn, z: Tensor, m: int = KRYLOV_DIM) -> tuple[Tensor, Te
         m = min(m, _flat(z).shape[1])
         f = F(z)
         kr = arnoldi(F, z, f, start_vector(f), m)
-        theta, Y, *_ = _ritz_pairs(kr)
-        # columns past a sample's basis carry -C (never the rightmost)
+        Hm, *_ = _hessenberg(kr)
+        theta = torch.linalg.eigvals(Hm)  # (B, m); past a sample's basis -C, never rightmost
         lead = theta.real.argmax(1)  # (B,)
         rows = torch.arange(theta.shape[0])
-        y_coef = Y[rows, :, lead].to(kr.V.device)  # (B, m) coordinates in the basis
+        y_coef = ritz_vectors(Hm, theta[rows, lead]).to(kr.V.device)  # (B, m) in the basis
         V = kr.V[:, :m]  # (B, m, N)
         y = torch.einsum("bk,bkn->bn", y_coef.to(torch.complex128), V.to(torch.complex128))
         y = y / sample_norm(y).clamp_min(torch.finfo(torch.float64).tiny)[:, None]
