@@ -13,7 +13,7 @@ F-equivalent evaluation, the ratio to the standard step, and ``wall / kernels``:
 step's wall time over the summed time of its GPU kernels (profiled on an eager
 replica of the same step, since kernels inside replayed graphs are not profiled).
 ``--top N`` adds, from the same profile, the kernels' time per phase of the step (the
-ranges :data:`~eqprop.train.trainer.STEP_PHASES` of ``train_step``) and its N costliest
+ranges :data:`~eqprop.train.ep_step.STEP_PHASES` of ``train_step``) and its N costliest
 kernels.
 """
 
@@ -30,7 +30,8 @@ import torch
 
 from eqprop.models.standard import StandardLM
 from eqprop.train.configio import config_from_dict, load_config_file
-from eqprop.train.trainer import STEP_PHASES, Trainer
+from eqprop.train.ep_step import STEP_PHASES
+from eqprop.train.trainer import Trainer
 
 KINDS = ("asymep", "ift", "bptt", "standard", "asymep-eager", "asymep-unchecked",
          "ift-anderson")
@@ -68,7 +69,7 @@ def bench_config(path: str, out: Path, device: str):
 
 def _kernels(step, dev: torch.device, top: int = 0) -> dict:
     """The device time of one call of ``step`` (CPU: its ops' own time), in ms: ``total``,
-    per phase of :data:`~eqprop.train.trainer.STEP_PHASES` (``phases``, each range's
+    per phase of :data:`~eqprop.train.ep_step.STEP_PHASES` (``phases``, each range's
     kernels with those of its children) and the ``top`` kernels by summed time
     (``kernels``: name, ms, calls)."""
     from torch.autograd import DeviceType

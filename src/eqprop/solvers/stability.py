@@ -20,7 +20,7 @@ plane by more than its own error. The start matters: the residual a relaxation l
 made of the modes it has not damped yet, the slow and the growing ones, so Arnoldi meets
 the rightmost eigenvalue there first; from a random vector 16 steps misread it by
 0.85–1.44 on trained study-size fields and flagged none of their Hopf-unstable
-equilibria, 64 from the residual by at most 0.16
+equilibria, 64 from the residual by at most 0.23
 (benchmarks/results/stability_probe_recipe_cpu.md). For a state of
 ``n ≤ m`` unknowns Arnoldi spans the whole space and the Ritz values are the eigenvalues
 (up to the difference error). On a large ``J`` an eigenvalue that ``m`` steps do not

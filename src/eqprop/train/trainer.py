@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -26,12 +25,10 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.profiler import record_function
 from tqdm.auto import tqdm
 
 from ..data import Vocab, load_corpus
 from ..errors import ConfigError
-from ..gradients.base import drop_failed
 from ..gradients.registry import BACKPROP, build_estimator
 from ..models import LMField, StandardLM, build_model
 from ..solvers import Solution
@@ -50,6 +47,7 @@ from .configio import apply_overrides, save_config, unflatten
 from .decisions import Decision, phase_eps
 from .distributed import init_distributed, resolve_device
 from .ema import EMA
+from .ep_step import equilibrium_step
 from .evaluation import evaluate
 from .guard import WallGuard
 from .hooks import ConfigHooks, Hook, Penalty, PenaltyHook, Tracker, TrackerHook
@@ -61,21 +59,13 @@ from .rundir import (
     open_run_dir,
 )
 from .sanity import suspicious_settings
-from .schedule import lr_at
 from .stability import StabilityController
-from .step import Measured, Verdict, mark_skipped, measure, step_record
+from .step import Measured, Verdict, mark_skipped, step_record
 from .summary import TrainSummary, summarize
 from .trainer_state import restore_trainer, save_trainer
 from .update_filter import UpdateFilter
 
-__all__ = ["STEP_PHASES", "Penalty", "Tracker", "TrainSummary", "Trainer"]
-
-#: the profiler ranges (``torch.profiler.record_function``) of one ``Trainer.train_step``,
-#: in order: the free phase (with its stability check), the estimator (nudged phases or
-#: adjoint, and the surrogate), the penalties, the backward pass, the one host transfer
-#: and the update, the spectrum tracking when due
-STEP_PHASES = ("eqprop.free", "eqprop.estimate", "eqprop.penalties", "eqprop.backward",
-               "eqprop.update", "eqprop.track")
+__all__ = ["Penalty", "Tracker", "TrainSummary", "Trainer"]
 
 
 class Trainer:
@@ -208,33 +198,7 @@ class Trainer:
         if self.backprop:  # the baseline's update, then the guard's decision
             record = backprop_step(self, tokens, targets)
             return self.settle(record, self.decide(record))
-        t0 = time.perf_counter()
-        self.model.train()
-        field = self.model.field(tokens, targets)
-        with record_function("eqprop.free"):  # named for the profiler (STEP_PHASES)
-            sol = self.relax(field)
-        with record_function("eqprop.estimate"):  # the surrogate: backward() fills .grad
-            result = self.estimator.estimate(field, sol.z)
-            if self.cfg.estimator.drop_failed:  # samples not to learn from: out of the signal
-                result = drop_failed(result, field, sol)
-        with record_function("eqprop.penalties"):
-            penalties = self.penalties(field, sol)
-        with record_function("eqprop.backward"):
-            grad_norm = self.backward(result.surrogate, penalties)
-        with record_function("eqprop.update"):
-            nudged = list(result.solutions.values())
-            m = measure(sol, result.loss, result.nfe, nudged, grad_norm,  # one transfer
-                        penalties, lr=lr_at(self.step, self.cfg.optim, self.cfg.schedule),
-                        dropped=result.dropped)
-            verdict = self.judge(m)  # is the update sound, does the guard let it through
-            self.update(verdict, m)  # apply it (or count the skip)
-        record = self.record(m, verdict, batch=tokens.shape[0], nudged=bool(nudged))
-        z_star = sol.z.detach()
-        with record_function("eqprop.track"):
-            record.update(self.track(field, z_star))
-        record = self.settle(record, self.decide(record, field, z_star, m.host["nfe.free"]))
-        record["step_time"] = time.perf_counter() - t0
-        return record
+        return equilibrium_step(self, tokens, targets)
 
     def free_relaxation(self) -> Relaxation:
         """The free phase's relaxation, built once (rebuilt if the guard swapped the solver)."""
