@@ -5,16 +5,18 @@ matrices, against the full eigendecomposition it replaced.
 
 After the Arnoldi steps on the device, the check moves ``H (B, m+1, m)`` to the host and
 decides per sample from the Ritz values and the residuals of those right of the axis
-(:func:`eqprop.solvers.stability.ritz`: ``torch.linalg.eigvals``, then inverse iteration
-for the candidates). Before, every Ritz pair was computed (``torch.linalg.eig``, values
-and vectors). Both are timed side by side on the same matrices: damped modes and one
-rotating pair per sample at ``a ± 2i``, with ``a > 0`` (a candidate) on the given share of
-the samples.
+(:func:`eqprop.solvers.stability.ritz`: the eigenvalues, then inverse iteration for the
+candidates, the batch spread over torch's intra-op threads). Before, every Ritz pair was
+computed (``torch.linalg.eig``, values and vectors, one batched call). They are timed side
+by side on the same matrices, ``ritz`` also on one thread: damped modes and one rotating
+pair per sample at ``a ± 2i``, with ``a > 0`` (a candidate) on the given share of the
+samples.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import time
@@ -62,18 +64,32 @@ def main() -> None:
         p.error(f"--batch {a.batch} --m {a.m} --repeats {a.repeats}: need batch ≥ 1, m ≥ 2, "
                 "repeats ≥ 1")
     ulp = torch.finfo(torch.float32).eps
+    threads = torch.get_num_threads()
     lines = [f"`python benchmarks/ritz_host.py --batch {a.batch} --m {a.m} --repeats "
-             f"{a.repeats}` on {platform.processor() or platform.machine()}, "
-             f"{torch.get_num_threads()} threads, torch {torch.__version__}; median ms", "",
+             f"{a.repeats}` on {platform.processor() or platform.machine()} "
+             f"({os.cpu_count()} CPUs), torch {torch.__version__}; median ms", "",
              "| samples right of the axis | `torch.linalg.eig` (all pairs, before) | "
-             "`ritz` (now) | ratio |", "|---|---|---|---|"]
+             "`ritz`, 1 thread | `ritz`, eigenvalues on "
+             f"{threads} threads | ratio to `eig` |", "|---|---|---|---|---|"]
+
+    def on_threads(n: int, fn):
+        def timed():
+            torch.set_num_threads(n)
+            try:
+                return fn()
+            finally:
+                torch.set_num_threads(threads)
+        return timed
+
     for share in (0, 1, a.batch // 8, a.batch):
         H = hessenberg_batch(a.batch, a.m, share)
         kr = Krylov(H, torch.full((a.batch,), a.m), torch.zeros(a.batch, a.m + 1, 1))
         full = median_ms(lambda: torch.linalg.eig(H[:, : a.m]), a.repeats)  # noqa: B023
+        one = median_ms(on_threads(1, lambda: ritz(kr, ulp, a.m)), a.repeats)  # noqa: B023
         now = median_ms(lambda: ritz(kr, ulp, a.m), a.repeats)  # noqa: B023
         assert int(ritz(kr, ulp, a.m).unstable.sum()) == share  # the planted verdicts
-        lines.append(f"| {share}/{a.batch} | {full:.1f} | {now:.1f} | {full / now:.2f} |")
+        lines.append(f"| {share}/{a.batch} | {full:.1f} | {one:.1f} | {now:.1f} | "
+                     f"{full / now:.2f} |")
     emit("\n".join(lines), a.out)
 
 

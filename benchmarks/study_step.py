@@ -28,7 +28,9 @@ from pathlib import Path
 
 import torch
 
+from eqprop.errors import CheckpointError, EqpropError
 from eqprop.models.standard import StandardLM
+from eqprop.train.checkpoint import load_checkpoint
 from eqprop.train.configio import config_from_dict, load_config_file
 from eqprop.train.ep_step import STEP_PHASES
 from eqprop.train.trainer import Trainer
@@ -136,9 +138,11 @@ def _off_path(tr: Trainer, batch) -> dict[str, float]:
     return out
 
 
-def bench(cfg, kind: str, warmup: int, repeats: int, top: int = 0) -> dict:
+def bench(cfg, kind: str, warmup: int, repeats: int, top: int = 0,
+          weights: dict[str, torch.Tensor] | None = None) -> dict:
     """One kind of step: median ms, NFE per phase, wall over kernels (and the kernels'
-    time per phase of the step and the ``top`` kernels)."""
+    time per phase of the step and the ``top`` kernels); from ``weights`` (a checkpoint's
+    parameters) when given, else from the initialisation."""
     est = kind.split("-")[0]
     c = replace(cfg, estimator=replace(cfg.estimator, name="asymep" if est == "standard"
                                        else est))
@@ -149,6 +153,12 @@ def bench(cfg, kind: str, warmup: int, repeats: int, top: int = 0) -> dict:
     if kind == "ift-anderson":  # the adjoint relaxed as a flow, recorded as CUDA graphs
         c = replace(c, estimator=replace(c.estimator, ift_adjoint="anderson"))
     tr = Trainer(c)
+    if weights is not None:
+        try:
+            tr.model.load_state_dict(weights)
+        except RuntimeError:
+            raise CheckpointError("the checkpoint is of other model settings than "
+                                  f"{c.model}") from None
     dev = tr.device
     B, T = c.data.batch_size, c.model.seq_len
     gen = torch.Generator().manual_seed(c.run.seed)
@@ -226,6 +236,10 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--repeats", type=int, default=50)
     p.add_argument("--device", default="auto")
+    p.add_argument("--weights", default=None, metavar="RUN_DIR",
+                   help="start every kind from the newest checkpoint's parameters of this "
+                        "run (of the same model settings; its optimizer state is not "
+                        "loaded), e.g. late in training where relaxations are long")
     p.add_argument("--top", type=int, default=0,
                    help="also tabulate the kernels' time per phase of the step and the "
                         "TOP kernels by summed time (from the eager replica's profile)")
@@ -235,21 +249,31 @@ def main() -> None:
         p.error(f"--kinds {','.join(bad)}: allowed values are {','.join(KINDS)}")
     out = Path(a.out)
     cfg = bench_config(a.config, out, a.device)
-    rows = [bench(cfg, k, a.warmup, a.repeats, a.top) for k in kinds]
+    ck = None
+    try:
+        ck = None if a.weights is None else load_checkpoint(a.weights)
+        rows = [bench(cfg, k, a.warmup, a.repeats, a.top, None if ck is None else ck.weights)
+                for k in kinds]
+    except EqpropError as e:
+        p.error(f"--weights {a.weights}: {e}")
     dev = torch.cuda.get_device_name() if torch.cuda.is_available() and a.device != "cpu" \
         else "CPU"
     std = next((r["median_ms"] for r in rows if r["kind"] == "standard"), None)
     m = cfg.model
     lines = [f"# Training step at the study size ({dev}, torch {torch.__version__})", "",
              f"`python benchmarks/study_step.py --config {a.config} --out {a.out} "
-             f"--kinds {a.kinds} --warmup {a.warmup} --repeats {a.repeats}`", "",
+             f"--kinds {a.kinds} --warmup {a.warmup} --repeats {a.repeats}"
+             + (f" --weights {a.weights}" if ck else "") + (f" --top {a.top}" if a.top else "")
+             + "`", "",
              f"d_model {m.d_model}, {m.n_heads} heads, d_ff {m.d_ff}, {m.n_layers} layer(s), "
              f"T {m.seq_len}, batch {cfg.data.batch_size}; free phase {cfg.solver.name} "
              f"(tol {cfg.solver.tol}, check every {cfg.solver.check_every}, capture "
              f"{cfg.solver.capture}); nudged phases {cfg.estimator.nudge.name} (β "
              f"{cfg.estimator.beta}); steps {a.warmup + 1}–{a.warmup + a.repeats} of training "
-             "from the same seed. `asymep-eager`: the same step with every relaxation "
-             "eager and a host check every step (the loop before relaxations were "
+             + (f"from the parameters of {a.weights} at step {ck.step} (fresh optimizer)"
+                if ck else "from the same seed")
+             + ". `asymep-eager`: the same step with every relaxation eager and a host check "
+             "every step (the loop before relaxations were "
              "objects); `asymep-unchecked`: without the stability check of the free "
              "phase's end point (`--solver.stability never`); `ift`: the adjoint by GMRES; "
              "`ift-anderson`: the adjoint relaxed as the flow ds/dt = Jᵀs - ∇L by Anderson, "

@@ -97,3 +97,30 @@ def test_descent_on_the_penalty_moves_the_leading_eigenvalue_left_and_it_vanishe
 def test_abscissa_settings_are_checked():
     with pytest.raises(Exception, match="margin"):
         Abscissa(margin=-1.0)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_the_hinge_reuses_the_checks_arnoldi_steps():
+    """A check leaves its Ritz decomposition on the solution: the rightmost pair from it is
+    the dense Jacobian's (right of the axis here), for the batch and for a head of it, and
+    the penalty on a head of the batch equals the one that takes its own Arnoldi steps."""
+    from eqprop.solvers import Anderson, relax
+
+    _, field, z = _hostile()  # no steps: the check measures J at the hostile point itself
+    sol = relax(field, z, Anderson(eps=0.5, m=5), max_steps=0, stability="always")
+    assert sol.modes is not None and sol.modes.V.shape[0] == 2
+    theta, _ = leading_mode(field, sol.z, modes=sol.modes)
+    for b in range(2):
+        mu = torch.linalg.eigvals(_dense_J(field, sol.z, b))
+        assert abs(theta[b].real - mu.real.max()) < 1e-6
+    assert (theta.real > 0).all()
+    def never(_):
+        raise AssertionError("the Arnoldi steps were taken again")
+    head, _ = leading_mode(never, sol.z[:1], modes=sol.modes[:1])
+    assert head[0] == theta[0]
+    reg = Abscissa(weight=1.0, margin=0.5, samples=1)
+    reused = float(reg.term(field, sol.z, modes=sol.modes).detach())
+    own = float(reg.term(field, sol.z).detach())
+    assert reused > 0.25 and abs(reused - own) < 1e-8 * own
+    with pytest.raises(ValueError, match="modes of 2 samples"):
+        leading_mode(field.head(1), sol.z[:1], modes=sol.modes)

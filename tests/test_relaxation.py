@@ -10,6 +10,7 @@ import torch
 
 from eqprop.gradients import AsymEP
 from eqprop.gradients.nudged import NudgedField
+from eqprop.regularizers import Abscissa
 from eqprop.solvers import (
     Anderson,
     CaptureFallback,
@@ -22,6 +23,7 @@ from eqprop.solvers import (
 from eqprop.solvers.loop import fall_back
 from eqprop.solvers.registry import build_relaxation
 from eqprop.solvers.relaxation import Relaxation
+from eqprop.solvers.stability import leading_mode
 from eqprop.train import train
 from eqprop.train.config import EvalConfig
 from eqprop.train.metrics import read_metrics
@@ -126,6 +128,29 @@ def test_replayed_asymep_matches_eager_across_batches_on_gpu():
                 for p in model.parameters():
                     p.mul_(1.05)
     assert len(cap.relaxation._graphs) == 1
+
+
+@gpu
+def test_the_replayed_check_leaves_the_eager_checks_modes_on_gpu():
+    """The check's Arnoldi steps replayed from their graph leave the eager check's
+    rightmost Ritz value and the same hinge (the Rayleigh quotient of its vector, which a
+    conjugate pair shares), and a basis of the solution's own: the next replay does not
+    overwrite it."""
+    model, _, _ = tiny_problem("asym", B=4)
+    model = model.cuda()
+    cap = Relaxation(Anderson(eps=0.5), tol=1e-9, max_steps=300, check_every=8, capture=True)
+    kept = []
+    for field in field_batches(model, 2):
+        z0 = field.initial_state()
+        a = cap.run(field, z0)
+        b = relax(field, z0, Anderson(eps=0.5), tol=1e-9, max_steps=300)
+        (ta, ya), (tb, yb) = (leading_mode(field, s.z, modes=s.modes) for s in (a, b))
+        torch.testing.assert_close(ta.real, tb.real, atol=1e-6, rtol=0)
+        torch.testing.assert_close(ta.imag.abs(), tb.imag.abs(), atol=1e-6, rtol=0)
+        rho_a, rho_b = (Abscissa().rayleigh(field, s.z, y) for s, y in ((a, ya), (b, yb)))
+        torch.testing.assert_close(rho_a, rho_b, atol=1e-6, rtol=0)
+        kept.append((a.modes, a.modes.V.clone()))
+    assert torch.equal(kept[0][0].V, kept[0][1])
 
 
 @pytest.mark.usefixtures("one_thread")

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ..fields import Field, jvp
-from ..solvers.stability import KRYLOV_DIM, leading_mode
+from ..solvers.stability import KRYLOV_DIM, RitzModes, leading_mode
 from ..validate import interval
 from .base import Regularizer, _check_real
 
@@ -27,7 +27,8 @@ __all__ = ["Abscissa"]
 class Abscissa(Regularizer):
     """``R = mean_b relu(ρ_b + margin)²`` with ``ρ_b = Re(yᴴ J y)``, ``y`` the unit Ritz
     vector of the rightmost Ritz value of ``J`` at the detached free equilibrium
-    (``KRYLOV_DIM`` Arnoldi steps, :func:`~eqprop.solvers.stability.leading_mode`).
+    (``KRYLOV_DIM`` Arnoldi steps, :func:`~eqprop.solvers.stability.leading_mode`; those of
+    the free phase's stability check when it left its ``modes``).
 
     At an eigenvector ``J y = μ y`` the quotient is the eigenvalue: ``ρ = Re μ`` exactly,
     for any ``J`` (normal or not). ``y`` is held fixed in the gradient; for real ``J`` and
@@ -55,10 +56,10 @@ class Abscissa(Regularizer):
                 rho = rho + (u * jvp(field, z, u)).flatten(1).sum(1)
         return rho
 
-    def penalty(self, field: Field, z_star: Tensor,
-                generator: torch.Generator | None = None) -> Tensor:
+    def penalty(self, field: Field, z_star: Tensor, generator: torch.Generator | None = None,
+                modes: RitzModes | None = None) -> Tensor:
         z = _check_real(z_star, "Abscissa")  # (B, ...)
-        _, y = leading_mode(field, z, KRYLOV_DIM)  # (B,), (B, ...) unit
+        _, y = leading_mode(field, z, KRYLOV_DIM, modes)  # (B,), (B, ...) unit
         rho = self.rayleigh(field, z, y)  # (B,)
         self._lead = rho.detach().max()  # read by metrics(), after the step's transfer
         return torch.relu(rho + self.margin).pow(2).mean()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -18,6 +19,9 @@ from torch import Tensor
 from ..errors import ConfigError
 from ..fields import Field
 from .adaptive import AdaptiveWeight
+
+if TYPE_CHECKING:
+    from ..solvers.stability import RitzModes
 
 __all__ = ["Regularizer", "probes"]
 
@@ -65,8 +69,8 @@ class Regularizer(ABC):
         self.last_value: float | None = None
 
     @abstractmethod
-    def penalty(self, field: Field, z_star: Tensor,
-                generator: torch.Generator | None = None) -> Tensor:
+    def penalty(self, field: Field, z_star: Tensor, generator: torch.Generator | None = None,
+                modes: RitzModes | None = None) -> Tensor:
         """The penalty ``R(θ)`` at ``z_star`` ``(B, ...)`` (detached inside): a scalar
         differentiable in the parameters, averaged over samples and probes.
 
@@ -74,6 +78,9 @@ class Regularizer(ABC):
             field: the field bound to the batch.
             z_star: the free equilibrium ``(B, ...)``, real.
             generator: source of the probes (None: the global RNG).
+            modes: the free phase's stability check at ``z_star`` (``Solution.modes``), or
+                None; a penalty on the leading mode (:class:`~.abscissa.Abscissa`) reuses
+                its Arnoldi steps, the Hutchinson penalties ignore it.
 
         Returns:
             A scalar tensor.
@@ -84,17 +91,19 @@ class Regularizer(ABC):
         """The weight the loss term uses now."""
         return self.weight if self.adaptive is None else self.adaptive.weight
 
-    def term(self, field: Field, z_star: Tensor,
-             generator: torch.Generator | None = None) -> Tensor:
+    def term(self, field: Field, z_star: Tensor, generator: torch.Generator | None = None,
+             modes: RitzModes | None = None) -> Tensor:
         """``current_weight · penalty``, the scalar to add to the surrogate; records the
-        penalty's value for :meth:`metrics`. Skips the work when the weight is 0."""
+        penalty's value for :meth:`metrics`. Skips the work when the weight is 0. Arguments
+        as :meth:`penalty`."""
         w = self.current_weight
         if w == 0:
             self.last_value = None
             return z_star.new_zeros(()).real
         if 0 < self.samples < z_star.shape[0] and (sub := field.head(self.samples)) is not None:
-            field, z_star = sub, z_star[: self.samples]
-        R = self.penalty(field, z_star, generator)
+            n = self.samples
+            field, z_star, modes = sub, z_star[:n], None if modes is None else modes[:n]
+        R = self.penalty(field, z_star, generator, modes)
         self.last_value = float(R.detach())
         return w * R
 

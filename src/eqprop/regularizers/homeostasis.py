@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from ..fields import Field, jvp
 from .base import Regularizer, _check_real, probes
+
+if TYPE_CHECKING:
+    from ..solvers.stability import RitzModes
 
 __all__ = ["Homeostasis"]
 
@@ -28,8 +32,8 @@ class Homeostasis(Regularizer):
     expectation cannot. Settings as :class:`Regularizer`.
     """
 
-    def penalty(self, field: Field, z_star: Tensor,
-                generator: torch.Generator | None = None) -> Tensor:
+    def penalty(self, field: Field, z_star: Tensor, generator: torch.Generator | None = None,
+                modes: RitzModes | None = None) -> Tensor:
         z = _check_real(z_star, "Homeostasis")  # (B, ...)
         total = z.new_zeros(())
         with torch.enable_grad():

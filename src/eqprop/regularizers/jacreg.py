@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -11,6 +12,9 @@ from torch.func import jvp as func_jvp
 from ..fields import Field
 from ..split import require_split
 from .base import Regularizer, _check_real, probes
+
+if TYPE_CHECKING:
+    from ..solvers.stability import RitzModes
 
 __all__ = ["JacReg"]
 
@@ -29,8 +33,8 @@ class JacReg(Regularizer):
     on R differentiates the JVP (forward-over-reverse). Settings as :class:`Regularizer`.
     """
 
-    def penalty(self, field: Field, z_star: Tensor,
-                generator: torch.Generator | None = None) -> Tensor:
+    def penalty(self, field: Field, z_star: Tensor, generator: torch.Generator | None = None,
+                modes: RitzModes | None = None) -> Tensor:
         z = _check_real(z_star, "JacReg")  # (B, ...)
         n = require_split(field, "JacReg").nonconservative
         total = z.new_zeros(())

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, fields, replace
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import Tensor
 
 from ..fields import FieldFn, evals_per_call
 from .status import FAILED, Status
+
+if TYPE_CHECKING:
+    from .stability import RitzModes
 
 __all__ = ["Solution", "Solver", "SolverSettings", "SolverState", "Status", "bcast", "relax",
            "sample_norm"]
@@ -153,6 +156,8 @@ class Solution:
             (NaN elsewhere), or None (see :mod:`~eqprop.solvers.stability`).
         stable: where measured, no eigenvalue was found with ``Re μ ≥ 0`` (False where
             not measured), or None.
+        modes: the Ritz decomposition the stability check measured at ``z``
+            (:class:`~eqprop.solvers.stability.RitzModes`), or None.
     """
 
     z: Tensor
@@ -165,6 +170,7 @@ class Solution:
     eps_trace: Tensor | None = None
     max_real: Tensor | None = None
     stable: Tensor | None = None
+    modes: RitzModes | None = None
 
     @property
     def converged(self) -> Tensor:

@@ -216,9 +216,11 @@ class Relaxation:
                 r.chunk.replay()
                 t += self.check_every
             sol = to_solution(r.loop, self._tol, trace, clone=True)
+            kr = r.krylov
             if r.check is not None:
-                r.check.replay()
-            sol = check_relaxation(F, sol, self.solver, self.stability, krylov=r.krylov)
+                r.check.replay()  # the solution keeps the basis (its modes): out of the buffer
+                kr = Krylov(kr.H, kr.k, kr.V.clone())
+            sol = check_relaxation(F, sol, self.solver, self.stability, krylov=kr)
         caller.wait_stream(r.stream)
         for v in _tensors(sol):
             v.record_stream(caller)
@@ -272,4 +274,5 @@ class Relaxation:
 
 
 def _tensors(sol: Solution) -> list[Any]:
-    return [v for v in vars(sol).values() if isinstance(v, Tensor)]
+    extra = [] if sol.modes is None else [sol.modes.V]  # made on the replay's stream too
+    return [v for v in vars(sol).values() if isinstance(v, Tensor)] + extra

@@ -34,7 +34,10 @@ start they never settle on an unstable point; ``stability="auto"`` skips them.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import torch
@@ -45,9 +48,10 @@ from ..fields import FieldFn, evals_per_call
 from .base import Solution, Solver, sample_norm
 from .status import Status
 
-__all__ = ["KRYLOV_DIM", "MODES", "Krylov", "StabilityEstimate", "arnoldi", "assess_stability",
-           "check_mask", "check_mode", "check_relaxation", "checks", "leading_mode", "leading_real",
-           "probe", "ritz", "ritz_vectors", "start_vector"]
+__all__ = ["KRYLOV_DIM", "MODES", "Krylov", "RitzModes", "StabilityEstimate", "arnoldi",
+           "assess_stability", "check_mask", "check_mode", "check_relaxation", "checks",
+           "eigvals", "leading_mode", "leading_real", "probe", "ritz", "ritz_vectors", "spread",
+           "start_vector"]
 
 #: when relax checks stability: root finders' converged samples, every sample, never
 MODES = ("auto", "always", "never")
@@ -73,10 +77,40 @@ class StabilityEstimate:
         unstable: some Ritz value lies right of the imaginary axis by more than its
             residual and the noise margin.
         evals: evaluations of ``F`` spent per sample.
+        modes: the Ritz decomposition behind the verdict (:class:`RitzModes`).
     """
 
-    def __init__(self, max_real: Tensor, unstable: Tensor, evals: int):
-        self.max_real, self.unstable, self.evals = max_real, unstable, evals
+    def __init__(self, max_real: Tensor, unstable: Tensor, evals: int,
+                 modes: RitzModes | None = None):
+        self.max_real, self.unstable, self.evals, self.modes = max_real, unstable, evals, modes
+
+
+class RitzModes:
+    """The Ritz decomposition of ``m`` Arnoldi steps at a state, per sample: the square
+    Hessenberg matrices ``Hm`` ``(B, m, m)`` and their eigenvalues ``theta`` ``(B, m)`` on
+    the host, the orthonormal basis ``V`` ``(B, m, N)`` on the state's device.
+
+    A check leaves one on its :class:`~eqprop.solvers.base.Solution` (``modes``), so
+    that the abscissa hinge takes the rightmost pair of the free equilibrium from the
+    check's Arnoldi steps instead of taking them again. ``modes[i]`` (a slice) is the
+    decomposition of those samples.
+    """
+
+    def __init__(self, Hm: Tensor, theta: Tensor, V: Tensor):
+        self.Hm, self.theta, self.V = Hm, theta, V
+
+    def __getitem__(self, idx: slice) -> RitzModes:
+        return RitzModes(self.Hm[idx], self.theta[idx], self.V[idx])
+
+    def leading(self) -> tuple[Tensor, Tensor]:
+        """The Ritz value with the largest real part ``(B,)`` (complex128, on the host) and
+        its unit Ritz vector ``(B, N)`` (complex128, on ``V``'s device)."""
+        lead = self.theta.real.argmax(1)  # (B,); past a sample's basis -C, never rightmost
+        rows = torch.arange(self.theta.shape[0])
+        theta = self.theta[rows, lead]
+        coef = spread(ritz_vectors, self.Hm, theta).to(self.V.device)  # (B, m) in the basis
+        y = torch.einsum("bk,bkn->bn", coef, self.V.to(torch.complex128))
+        return theta, y / sample_norm(y).clamp_min(torch.finfo(torch.float64).tiny)[:, None]
 
 
 def _flat(v: Tensor) -> Tensor:  # (B, ...) -> (B, N)
@@ -200,6 +234,29 @@ def _hessenberg(kr: Krylov) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return Hm, H, k, finite
 
 
+@functools.cache
+def _pool(n: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(n, thread_name_prefix="eqprop-ritz")
+
+
+def spread(fn: Callable[..., Tensor], *batches: Tensor) -> Tensor:
+    """``fn(*batches)`` for small dense problems on the CPU, the batch (dim 0 of every
+    argument) split over torch's intra-op threads: LAPACK takes one small matrix at a time
+    and torch does not spread a batch of them. The result equals one call's bit for bit
+    (each matrix is solved alone either way)."""
+    n = min(torch.get_num_threads(), batches[0].shape[0])
+    if n < 2:
+        return fn(*batches)
+    parts = zip(*(b.tensor_split(n) for b in batches), strict=True)
+    return torch.cat(list(_pool(n).map(lambda p: fn(*p), parts)))
+
+
+def eigvals(A: Tensor) -> Tensor:
+    """The eigenvalues ``(B, m)`` of a batch of small dense matrices ``A`` ``(B, m, m)`` on
+    the CPU (``torch.linalg.eigvals``, :func:`spread` over the threads)."""
+    return spread(torch.linalg.eigvals, A)
+
+
 def ritz_vectors(Hm: Tensor, theta: Tensor) -> Tensor:
     """Unit eigenvectors of ``Hm`` ``(c, m, m)`` for its eigenvalues ``theta`` ``(c,)``, by two
     steps of inverse iteration: ``(c, m)`` complex128.
@@ -227,47 +284,50 @@ def ritz(kr: Krylov, ulp: float, evals: int) -> StabilityEstimate:
     ``kr``'s device. ``ulp``: the state's unit round-off."""
     device = kr.H.device
     Hm, H, k, finite = _hessenberg(kr)
-    theta = torch.linalg.eigvals(Hm)  # (B, m)
+    theta = eigvals(Hm)  # (B, m)
     re = theta.real.to(torch.float64)
     margin = 10 * math.sqrt(ulp) * theta.abs().amax(1).clamp_min(1.0)  # (B,)
     # Re θ_i - r_i > margin needs Re θ_i > margin: only those Ritz values need their
     # residual r_i = β_k |e_kᵀ y_i| (β_k the coupling out of the Krylov space)
     b, i = torch.nonzero((re > margin[:, None]) & (finite & (k > 0))[:, None], as_tuple=True)
     last = (k[b] - 1).clamp_min(0)  # (c,) index of each candidate's last basis column
-    y = ritz_vectors(Hm[b], theta[b, i])  # (c, m)
+    y = spread(ritz_vectors, Hm[b], theta[b, i])  # (c, m)
     resid = H[b, last + 1, last].abs() * y[torch.arange(b.numel()), last].abs()  # (c,)
     excess = torch.zeros_like(re).index_put_((b, i), re[b, i] - resid)  # (B, m)
     unstable = (excess > margin[:, None]).any(1)
     max_real = torch.where(finite & (k > 0), re.amax(1), torch.full_like(margin, math.nan))
-    return StabilityEstimate(max_real.to(device), unstable.to(device), evals)
+    return StabilityEstimate(max_real.to(device), unstable.to(device), evals,
+                             RitzModes(Hm, theta, kr.V[:, : Hm.shape[1]]))
 
 
-def leading_mode(F: FieldFn, z: Tensor, m: int = KRYLOV_DIM) -> tuple[Tensor, Tensor]:
+def leading_mode(F: FieldFn, z: Tensor, m: int = KRYLOV_DIM,
+                 modes: RitzModes | None = None) -> tuple[Tensor, Tensor]:
     """The rightmost Ritz pair of ``J = ∂F/∂z (z)`` per sample, from ``m`` Arnoldi steps.
 
     Args:
         F: batched real field.
         z: the point ``(B, ...)``, real.
         m: Krylov dimension (capped at the number of unknowns).
+        modes: the Ritz decomposition of a check at ``z`` (``Solution.modes``): its
+            Arnoldi steps are reused and ``m`` is theirs.
 
     Returns:
         ``(theta, y)``: the Ritz value with the largest real part ``(B,)`` (complex128) and
         its Ritz vector ``(B, ...)`` (complex, unit norm per sample), on ``z``'s device.
     """
-    with torch.no_grad(), torch.autocast(z.device.type, enabled=False):
-        m = min(m, _flat(z).shape[1])
-        f = F(z)
-        kr = arnoldi(F, z, f, start_vector(f), m)
-        Hm, *_ = _hessenberg(kr)
-        theta = torch.linalg.eigvals(Hm)  # (B, m); past a sample's basis -C, never rightmost
-        lead = theta.real.argmax(1)  # (B,)
-        rows = torch.arange(theta.shape[0])
-        y_coef = ritz_vectors(Hm, theta[rows, lead]).to(kr.V.device)  # (B, m) in the basis
-        V = kr.V[:, :m]  # (B, m, N)
-        y = torch.einsum("bk,bkn->bn", y_coef.to(torch.complex128), V.to(torch.complex128))
-        y = y / sample_norm(y).clamp_min(torch.finfo(torch.float64).tiny)[:, None]
-        return theta[rows, lead].to(z.device), y.to(torch.complex64 if z.dtype == torch.float32
-                                                     else torch.complex128).reshape(z.shape)
+    if modes is None:
+        with torch.no_grad(), torch.autocast(z.device.type, enabled=False):
+            m = min(m, _flat(z).shape[1])
+            f = F(z)
+            kr = arnoldi(F, z, f, start_vector(f), m)
+            Hm, *_ = _hessenberg(kr)
+            modes = RitzModes(Hm, eigvals(Hm), kr.V[:, :m])
+    elif modes.V.shape[0] != z.shape[0]:
+        raise ValueError(f"leading_mode: modes of {modes.V.shape[0]} samples for a state of "
+                         f"{z.shape[0]}")
+    theta, y = modes.leading()
+    cdt = torch.complex64 if z.dtype == torch.float32 else torch.complex128
+    return theta.to(z.device), y.to(cdt).reshape(z.shape)
 
 
 def _leading_real(F: FieldFn, z: Tensor, f: Tensor | None, m: int) -> StabilityEstimate:
@@ -286,7 +346,7 @@ def _apply(F: FieldFn, sol: Solution, est: StabilityEstimate, mask: Tensor) -> S
                          torch.full_like(sol.status, int(Status.UNSTABLE)), sol.status)
     nfe = sol.nfe + mask.to(sol.nfe.dtype) * est.evals * evals_per_call(F)
     return replace(sol, status=status, nfe=nfe, max_real=torch.where(mask, est.max_real, nan),
-                   stable=mask & ~est.unstable & torch.isfinite(est.max_real))
+                   stable=mask & ~est.unstable & torch.isfinite(est.max_real), modes=est.modes)
 
 
 def checks(solver: Solver | None, mode: str) -> bool:

@@ -125,7 +125,7 @@ class ConfigHooks(Hook):
         if self.reg is None:
             return None
         self.reg.update(self.sync.mean(float(sol.converged.float().mean())), self.margin)
-        return self.reg.term(field, z_star)
+        return self.reg.term(field, z_star, modes=sol.modes)
 
     def track(self, model: nn.Module, field: LMField, z_star: Tensor,
               step: int) -> dict[str, float]:
