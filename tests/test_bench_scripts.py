@@ -111,12 +111,20 @@ def test_nudge_probe_matches_the_exact_adjoint_at_small_beta(tmp_path):
     r = probe.probe_run(str(tmp_path / "runs" / "r"), [1e-2, 8.0], 2, "cpu")
     small, large = r["rows"]
     assert r["estimator"] == "asymep" and r["free_converged"] == 2
+    assert r["cos_unconverged_kept"] is None  # every free phase converged
     assert small["phases"] == 2 and sum(small["counts"].values()) == 4
     assert small["counts"][probe.Status.CONVERGED] == 4
     # AsymEP is exact as β → 0 (its error O(β²)): at β 0.01 it is the adjoint's gradient
     assert small["cos"] > 0.9999  # measured 1 - 1.5e-5
     assert large["cos"] < 0.999  # a large nudge leaves the linear regime (1 - 9e-3)
     table = probe.table([r])
-    assert table.count("\n") == 3 and "| 0.01 | 4/4 | 0/4 |" in table
+    budget = small["budget"]
+    assert table.count("\n") == 3 and f"| 0.01 | {budget} | 4/4 | 0/4 |" in table
+    # one step of budget: no nudged phase settles, and the estimate is far from the adjoint
+    (short,) = probe.probe_run(str(tmp_path / "runs" / "r"), [1e-2], 2, "cpu", [1])["rows"]
+    assert short["budget"] == 1 and short["counts"][probe.Status.CONVERGED] == 0
+    assert short["cos"] < small["cos"] - 1e-3
     with pytest.raises(argparse.ArgumentTypeError, match="every β must be > 0"):
         probe._betas("0.5,-1")
+    with pytest.raises(argparse.ArgumentTypeError, match="integers ≥ 1"):
+        probe._budgets("150,0")

@@ -129,3 +129,23 @@ def test_an_unstable_free_sample_is_dropped_and_the_update_still_applied(tmp_pat
     record, moved = runs[0.25]
     assert record["status"]["unstable"] == 1 and record["dropped"] >= 1
     assert not record.get("skipped") and moved
+
+
+def test_a_free_phase_that_missed_its_tolerance_leaves_the_signal():
+    """A sample whose free relaxation ended cycling (no equilibrium) or on an unstable point
+    is dropped like a failed nudged one; the converged samples keep the exact adjoint."""
+    from eqprop.gradients.base import drop_failed
+    from eqprop.solvers.base import Solution
+
+    field = field_with_one_stiff_sample()
+    z_star = field.z_fix.clone()
+    exact = torch.linalg.solve(field.A.transpose(1, 2), (z_star - field.y).unsqueeze(-1))[..., 0]
+    result = IFT(tol=1e-13).estimate(field, z_star)
+    for status in (Status.CYCLING, Status.CONTRACTING, Status.UNSTABLE):
+        codes = torch.tensor([Status.CONVERGED, Status.CONVERGED, status])
+        free = Solution(z=z_star, status=codes, steps=torch.zeros(3), nfe=torch.zeros(3),
+                        residual=torch.zeros(3), rel_residual=torch.zeros(3))
+        out = drop_failed(result, field, free)
+        assert out.dropped.tolist() == [False, False, True]
+        assert torch.equal(out.signal[2], torch.zeros(3, dtype=torch.float64))
+        torch.testing.assert_close(out.signal[:2], exact[:2], rtol=1e-9, atol=1e-9)

@@ -43,8 +43,9 @@ class EstimatorConfig:
         drop_failed: leave the samples whose estimate is not one to learn from out of the
             learning signal (:func:`~eqprop.gradients.base.drop_samples`): those whose
             nudged relaxations failed (diverged, unstable, non-finite) and those whose
-            free equilibrium the stability check found unstable (the hardware would
-            leave it); the penalty still acts on them. The update is rejected only when
+            free phase did not end at a stable equilibrium (it missed the tolerance, or
+            the stability check found the point unstable: the hardware would leave it);
+            the penalty still acts on them. The update is rejected only when
             more than this fraction of a nudged phase's samples failed. 0 (default): any
             such sample rejects the whole update. bptt has no signal and needs 0.
     """
