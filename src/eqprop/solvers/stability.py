@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -237,6 +238,10 @@ def _hessenberg(kr: Krylov) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 @functools.cache
 def _pool(n: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(n, thread_name_prefix="eqprop-ritz")
+
+
+# a forked child inherits the pools but not their threads: it makes its own
+os.register_at_fork(after_in_child=_pool.cache_clear)
 
 
 def spread(fn: Callable[..., Tensor], *batches: Tensor) -> Tensor:
