@@ -385,22 +385,3 @@ def test_ritz_vectors_and_the_verdict_match_the_full_eigendecomposition():
     assert ((est.max_real > 0.01) & ~want).any()
     assert torch.equal(est.unstable, want)
     torch.testing.assert_close(est.max_real, theta.real.amax(1), atol=1e-12, rtol=0)
-
-
-def test_small_dense_problems_spread_over_threads_equal_one_batched_call():
-    """The batch split over the intra-op threads gives one call's results bit for bit
-    (eigenvalues and inverse iteration), also for a batch smaller than the threads."""
-    from eqprop.solvers.stability import eigvals, ritz_vectors, spread
-
-    g = torch.Generator().manual_seed(3)
-    A = torch.triu(torch.randn(13, 9, 9, generator=g, dtype=torch.float64), -1)
-    n = torch.get_num_threads()
-    try:
-        torch.set_num_threads(4)
-        for batch in (A, A[:3], A[:1]):
-            theta = torch.linalg.eigvals(batch)
-            assert torch.equal(eigvals(batch), theta)
-            assert torch.equal(spread(ritz_vectors, batch, theta[:, 0]),
-                               ritz_vectors(batch, theta[:, 0]))
-    finally:
-        torch.set_num_threads(n)
